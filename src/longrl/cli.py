@@ -1,0 +1,134 @@
+"""`longrl` command line: train | sft | eval | init.
+
+Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
+field with its type, default and meaning. User errors (config, data, missing model) print one
+clear line and exit with status 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from longrl.config import ConfigError, RunConfig, SFTConfig, TinyModelConfig, describe, load_config
+from longrl.data.sources import DataError
+
+
+def _config_parser(prog: str, cls: type, summary: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config fields (set in the TOML file or as section.key=value):\n" + "\n".join(describe(cls)))
+    parser.add_argument("config", nargs="?", help="TOML config file (optional: defaults otherwise)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    return parser
+
+
+def _split_config_arg(args) -> tuple[str | None, list[str]]:
+    """Allow `longrl train a.b=c` with no file: a first positional with '=' is an override."""
+    if args.config and "=" in args.config:
+        return None, [args.config, *args.overrides]
+    return args.config, list(args.overrides)
+
+
+def cmd_train(argv: list[str]) -> int:
+    from longrl import loop
+
+    parser = _config_parser("longrl train", RunConfig, "Run RL (online policy mirror descent, SPEC §3).")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if args.resume:
+        run = loop.resume(args.resume)
+    else:
+        path, overrides = _split_config_arg(args)
+        run = loop.setup(load_config(RunConfig, path, overrides))
+    summary = loop.train(run, show_progress=not args.no_progress)
+    print(f"run directory: {run.dir}")
+    if "start/pass@1" in summary and "end/pass@1" in summary:
+        gain = 100 * (summary["end/pass@1"] - summary["start/pass@1"])
+        print(f"held-out pass@1  before RL (start model): {summary['start/pass@1']:.3f}"
+              f"   after RL: {summary['end/pass@1']:.3f}   ({gain:+.1f} points)")
+    elif "end/pass@1" in summary:
+        print(f"held-out pass@1 after RL: {summary['end/pass@1']:.3f}")
+    return 0
+
+
+def cmd_sft(argv: list[str]) -> int:
+    from longrl.sft import run_sft
+
+    parser = _config_parser("longrl sft", SFTConfig, "Supervised warm-up on verified traces (SPEC §2).")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    path, overrides = _split_config_arg(args)
+    config = load_config(SFTConfig, path, overrides)
+    metrics = run_sft(config, show_progress=not args.no_progress)
+    print(f"model: {config.out_dir}/{config.name}/final")
+    print(f"held-out pass@1 after SFT: {metrics['eval/pass@1']:.3f}   mean tokens: {metrics['eval/mean_tokens']:.1f}")
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from longrl.data.worlds import World
+    from longrl.evaluate import evaluate
+    from longrl.models import load_model, load_tokenizer
+    from longrl.rewards.registry import get_reward
+    from longrl.rollout.engine import HFEngine
+
+    parser = _config_parser("longrl eval", RunConfig,
+                            "Evaluate a model on the held-out split: pass@1 over n samples, pass@k, mean tokens.")
+    parser.add_argument("--model", required=True, help="Hugging Face model directory to evaluate")
+    args = parser.parse_args(argv)
+    path, overrides = _split_config_arg(args)
+    config = load_config(RunConfig, path, overrides)
+    tokenizer = load_tokenizer(args.model)
+    engine = HFEngine(load_model(args.model, config.model.dtype), tokenizer, config.rollout.batch_size, config.seed)
+    rewards = {n: (get_reward(n), w) for n, w in zip(config.reward.names, config.reward.weights)}
+    metrics = evaluate(engine, tokenizer, World(config.world).eval_prompts(), rewards, config.eval)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_init(argv: list[str]) -> int:
+    from longrl.data.worlds import save_tiny_model
+
+    parser = _config_parser("longrl init", TinyModelConfig,
+                            "Build the character tokenizer and a tiny random model as a HF model directory.")
+    parser.add_argument("--out", required=True, help="directory to write")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    path, overrides = _split_config_arg(args)
+    out = save_tiny_model(load_config(TinyModelConfig, path, overrides), args.out, args.seed)
+    print(f"tiny model written to {out}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Hide per-file loading bars of transformers; our own progress bar is the one to watch."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_init}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _quiet_libraries()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: longrl {" + ",".join(COMMANDS) + "} [CONFIG] [section.key=value ...]\n"
+              "       longrl COMMAND --help   lists every config field")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,373 @@
+"""Typed configuration: one dataclass per component, composed into a run config.
+
+A config file is TOML with at most two levels (`[section]` then `key = value`); command-line
+overrides use the same paths (`train.lr=3e-4`). Every field documents itself through
+`opt(default, help)`, which is what `longrl train --help` prints. Loading is strict: an unknown
+key or a value of the wrong type is a `ConfigError` naming the key, the file and line, and the
+nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says where and how to fix it."""
+
+
+def opt(default: Any, help: str) -> Any:
+    """A documented dataclass field; mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# ----------------------------------------------------------------------------------------------
+# Component configs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("", "Hugging Face model directory (weights + tokenizer) to start from.")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt(
+        "float32", "Parameter dtype for training and rollout. float32 on CPU.")
+
+
+@dataclass
+class TinyModelConfig:
+    """A small random-init model built from a config (used when `model.path` is empty)."""
+
+    arch: Literal["qwen2", "llama"] = opt("qwen2", "Architecture family of the tiny model.")
+    hidden_size: int = opt(128, "Width of the residual stream.")
+    num_layers: int = opt(4, "Number of transformer blocks.")
+    num_heads: int = opt(4, "Attention heads (key/value heads are the same number).")
+    intermediate_size: int = opt(512, "Hidden width of the MLP.")
+    max_positions: int = opt(512, "Longest sequence (prompt + response) the model supports.")
+
+
+@dataclass
+class WorldConfig:
+    """The procedural tiny world (`longrl.data.worlds`): verifiable tasks with CoT traces."""
+
+    tasks: list[str] = opt(["add", "sub"], "Task families: add, sub, mul, chain.")
+    min_level: int = opt(2, "Lowest difficulty level (digits, or terms for `chain`).")
+    max_level: int = opt(3, "Highest difficulty level.")
+    train_size: int = opt(20000, "Training prompts drawn for the run's pool.")
+    eval_size: int = opt(200, "Held-out prompts, disjoint from anything trained on.")
+    train_file: str = opt("", "Optional JSONL of prompts (`id`, `text`, `answer`) instead of the "
+                          "procedural generator.")
+    seed: int = opt(0, "Seed of the task generator.")
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf"] = opt("hf", "Inference engine: `hf` (transformers, KV cache).")
+    prompts_per_iter: int = opt(32, "Prompts sampled per iteration.")
+    samples_per_prompt: int = opt(8, "k: responses sampled per prompt (SPEC §3).")
+    temperature: float = opt(1.0, "Sampling temperature; log-probs are taken under it.")
+    top_p: float = opt(1.0, "Nucleus sampling threshold (1.0 = off).")
+    max_new_tokens: int = opt(128, "Longest response, in tokens.")
+    batch_size: int = opt(256, "Sequences generated together by the engine.")
+
+
+@dataclass
+class RewardConfig:
+    names: list[str] = opt(["world"], "Registered rewards to apply (`longrl.rewards`).")
+    weights: list[float] = opt([1.0], "Weight of each reward, in the order of `names`.")
+
+    def __post_init__(self) -> None:
+        if len(self.names) != len(self.weights):
+            raise ConfigError(
+                f"reward.names has {len(self.names)} entries but reward.weights has "
+                f"{len(self.weights)}: give one weight per reward")
+
+
+@dataclass
+class LossConfig:
+    """Online policy mirror descent (SPEC §3)."""
+
+    tau: float = opt(0.1, "τ: strength of the KL term to the sampling policy. Paper gives none.")
+    level: Literal["sequence", "token"] = opt(
+        "token", "`sequence`: the paper's log-ratio of whole responses; `token`: per-token "
+                 "log-ratios averaged over response tokens (ours).")
+    baseline: Literal["mean", "logmeanexp"] = opt(
+        "mean", "Estimate of τ log Z: mean reward of the k samples (paper) or τ log mean exp(r/τ).")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = opt(1e-4, "AdamW learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
+    grad_clip: float = opt(1.0, "Max global gradient norm (0 = off).")
+    mini_batch_size: int = opt(64, "Sequences per optimizer step.")
+    epochs: int = opt(1, "Passes over the iteration's samples (steps = epochs * N / mini_batch).")
+    row_tokens: int = opt(2048, "Tokens per packed row in the forward pass.")
+    micro_batch_rows: int = opt(0, "Rows per forward/backward (gradient accumulation); 0 = all.")
+    reset_optimizer: bool = opt(True, "Reset AdamW state every iteration (SPEC §3).")
+    recompute_old_logprobs: bool = opt(
+        False, "Recompute π_θi log-probs with the trainer before the first step instead of "
+               "using the engine's; the gap is logged as train/old_logprob_max_diff either way.")
+
+
+@dataclass
+class EvalConfig:
+    every: int = opt(10, "Evaluate every N iterations (0 = only at start and end).")
+    num_prompts: int = opt(200, "Held-out prompts to evaluate (at most world.eval_size).")
+    n_samples: int = opt(4, "Samples per prompt; pass@1 is their mean (SPEC §9).")
+    temperature: float = opt(1.0, "Sampling temperature for evaluation (0 = greedy).")
+    top_p: float = opt(1.0, "Nucleus sampling threshold for evaluation.")
+    max_new_tokens: int = opt(128, "Longest evaluated response.")
+    pass_k: list[int] = opt([1], "k values of the unbiased pass@k estimate to report.")
+
+
+@dataclass
+class RunConfig:
+    """An RL run (`longrl train`)."""
+
+    name: str = opt("rl", "Run name: outputs go to `<out_dir>/<name>/`.")
+    out_dir: str = opt("runs", "Parent directory of run directories.")
+    iterations: int = opt(40, "RL iterations (rollout phase + training phase each).")
+    seed: int = opt(0, "Seed for sampling, data order and initialisation.")
+    threads: int = opt(0, "torch intra-op threads (0 = torch default).")
+    checkpoint_every: int = opt(0, "Save a resumable checkpoint every N iterations (0 = at end).")
+    log_samples: int = opt(4, "Full trajectories written to samples/ per iteration.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm-up on verified traces (`longrl sft`, SPEC §2)."""
+
+    name: str = opt("sft", "Run name: outputs go to `<out_dir>/<name>/`.")
+    out_dir: str = opt("runs", "Parent directory of run directories.")
+    seed: int = opt(0, "Seed for data order and initialisation.")
+    threads: int = opt(0, "torch intra-op threads (0 = torch default).")
+    steps: int = opt(300, "Optimizer steps.")
+    lr: float = opt(3e-3, "Peak AdamW learning rate (linear warm-up, cosine decay).")
+    warmup_steps: int = opt(20, "Linear warm-up steps.")
+    weight_decay: float = opt(0.01, "AdamW weight decay.")
+    rows_per_step: int = opt(8, "Packed rows per optimizer step.")
+    row_tokens: int = opt(1024, "Tokens per packed row; several examples share a row.")
+    log_every: int = opt(25, "Log the loss every N steps.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _line_of(text: str, section: str | None, key: str) -> int | None:
+    """Best-effort line number of `key` (inside `[section]` when given) in a TOML text."""
+    current = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[([^\[\]]+)\]", stripped)
+        if header:
+            current = header.group(1).strip()
+            if current == (f"{section}.{key}" if section else key):  # the key is a table
+                return number
+            continue
+        if current == section and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    return None
+
+
+@dataclass
+class _Source:
+    """Where a value came from, for error messages."""
+
+    path: str | None = None
+    text: str = ""
+    overrides: set[str] = field(default_factory=set)
+
+    def where(self, dotted: str) -> str:
+        if dotted in self.overrides:
+            return f"command-line override {dotted!r}"
+        if self.path is None:
+            return f"key {dotted!r}"
+        section, _, key = dotted.rpartition(".")
+        line = _line_of(self.text, section or None, key)
+        return f"{self.path}" + (f", line {line}" if line else "") + f": key {dotted!r}"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise TypeError. Ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise TypeError(f"must be one of {_type_name(tp)}, got {value!r}")
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option)
+            except TypeError:
+                continue
+        raise TypeError(f"must be {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError("must be empty")
+    if origin is list:
+        if not isinstance(value, list):
+            raise TypeError(f"must be a list ({_type_name(tp)}), got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise TypeError(f"must be true or false, got {value!r}")
+    if tp is int and isinstance(value, bool):
+        raise TypeError(f"must be an integer, got {value!r}")
+    if isinstance(value, tp):
+        return value
+    raise TypeError(f"must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _nearest(key: str, options: list[str]) -> str | None:
+    """The valid key the user most likely meant: a near spelling, initials, or a containment."""
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    initials = "".join(word[0] for word in key.split("_") if word)
+    for option in options:
+        if option == initials or (len(option) > 2 and (option in key or key in option)):
+            return option
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.4)
+    return close[0] if close else None
+
+
+def _build(cls: type, values: dict[str, Any], source: _Source, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = _nearest(key, list(fields))
+            hint = f"; did you mean {prefix + close!r}?" if close else ""
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"{source.where(dotted)}: unknown key{hint} (valid here: {valid})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source.where(dotted)}: must be a [{dotted}] section")
+            kwargs[key] = _build(tp, value, source, prefix=f"{dotted}.")
+            continue
+        try:
+            kwargs[key] = _coerce(value, tp)
+        except TypeError as exc:
+            raise ConfigError(f"{source.where(dotted)}: {exc}") from None
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        where = source.path or "config"
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    dotted, raw = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as `model.path=runs/sft/final`
+    return dotted.strip().split("."), value
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] = ()) -> Any:
+    """Build config `cls` from an optional TOML file and `a.b=value` overrides, strictly."""
+    source = _Source()
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        source.path, source.text = str(path), path.read_text()
+        try:
+            values = tomllib.loads(source.text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for item in overrides:
+        keys, value = _parse_override(item)
+        source.overrides.add(".".join(keys))
+        node = values
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {key!r} is not a section")
+        node[keys[-1]] = value
+    return _build(cls, values, source)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_toml(config: Any) -> str:
+    """Write a config back as TOML (scalars first, then one table per nested section)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        return repr(v)
+
+    data = config_to_dict(config)
+    lines = [f"{k} = {scalar(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += ["", f"[{k}]"] + [f"{kk} = {scalar(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field: `section.key  (type, default)  help` — the body of `--help`."""
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append("")
+            lines += describe(tp, prefix=f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {prefix}{f.name} ({_type_name(tp)}, default {default!r})")
+        lines.append(f"      {f.metadata.get('help', '')}")
+    return lines

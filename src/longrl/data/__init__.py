@@ -1,0 +1,1 @@
+"""Prompt data: the tiny world (`worlds.py`) and file loaders (`sources.py`)."""

@@ -1,0 +1,237 @@
+"""The tiny world: procedural, verifiable reasoning tasks sized for models that train on a CPU.
+
+Every task comes with a step-by-step chain-of-thought trace (for the SFT warm-up, SPEC §2) and
+an exact verifier (the `world` reward). Task families and what their difficulty level means:
+
+    add    a + b, both operands `level` digits, column by column with carries
+    sub    a - b with a >= b, both `level` digits, column by column with borrows
+    mul    a * d, `a` of `level` digits times one digit, column by column with carries
+    chain  the sum of `level` numbers of 1-2 digits, one partial sum per line
+
+A trace ends with one answer line `A: <number>`. For example, `347+285`:
+
+    7+5+0=12 c1
+    4+8+1=13 c1
+    3+2+1=6 c0
+    A: 632
+
+Held-out prompts are the problems whose text hashes to 0 modulo `_HOLDOUT_MODULUS`; training
+never draws them, so the split holds whatever the sizes and seeds.
+
+The module also builds the kit a tiny model needs: a character-level tokenizer (Hugging Face
+`tokenizers`, saved as a normal tokenizer directory with a chat template) and a small random-init
+Qwen2 or Llama model saved as a Hugging Face model directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from longrl.config import TinyModelConfig, WorldConfig
+from longrl.rewards.registry import register_reward
+from longrl.types import Prompt, RewardResult
+
+TASKS = ("add", "sub", "mul", "chain")
+_HOLDOUT_MODULUS = 10  # one problem in ten is reserved for evaluation
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks and traces
+# ----------------------------------------------------------------------------------------------
+
+
+def _digits(n: int, width: int) -> list[int]:
+    """Least significant digit first, padded with zeros to `width`."""
+    return [(n // 10**i) % 10 for i in range(width)]
+
+
+def _add_trace(a: int, b: int) -> list[str]:
+    width, carry, lines = max(len(str(a)), len(str(b))), 0, []
+    for x, y in zip(_digits(a, width), _digits(b, width)):
+        s = x + y + carry
+        lines.append(f"{x}+{y}+{carry}={s} c{s // 10}")
+        carry = s // 10
+    return lines
+
+
+def _sub_trace(a: int, b: int) -> list[str]:
+    width, borrow, lines = len(str(a)), 0, []
+    for x, y in zip(_digits(a, width), _digits(b, width)):
+        d = x - y - borrow
+        out = 1 if d < 0 else 0
+        lines.append(f"{x}-{y}-{borrow}={d + 10 * out} b{out}")
+        borrow = out
+    return lines
+
+
+def _mul_trace(a: int, d: int) -> list[str]:
+    carry, lines = 0, []
+    for x in _digits(a, len(str(a))):
+        p = x * d + carry
+        lines.append(f"{x}*{d}+{carry}={p} c{p // 10}")
+        carry = p // 10
+    return lines
+
+
+def _chain_trace(terms: list[int]) -> list[str]:
+    total, lines = terms[0], []
+    for t in terms[1:]:
+        lines.append(f"{total}+{t}={total + t}")
+        total += t
+    return lines
+
+
+def make_problem(task: str, level: int, rng: random.Random) -> tuple[str, int, list[str]]:
+    """Draw one problem: (question text, answer, chain-of-thought lines)."""
+    lo, hi = 10 ** (level - 1), 10**level - 1
+    if task == "add":
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        return f"{a}+{b}", a + b, _add_trace(a, b)
+    if task == "sub":
+        a, b = sorted((rng.randint(lo, hi), rng.randint(lo, hi)), reverse=True)
+        return f"{a}-{b}", a - b, _sub_trace(a, b)
+    if task == "mul":
+        a, d = rng.randint(lo, hi), rng.randint(2, 9)
+        return f"{a}*{d}", a * d, _mul_trace(a, d)
+    if task == "chain":
+        terms = [rng.randint(1, 99) for _ in range(max(level, 2))]
+        return "+".join(map(str, terms)), sum(terms), _chain_trace(terms)
+    raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+
+
+def format_trace(lines: Sequence[str], answer: int) -> str:
+    return "\n".join([*lines, f"A: {answer}"])
+
+
+def is_held_out(text: str) -> bool:
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % _HOLDOUT_MODULUS == 0
+
+
+class World:
+    """Train and held-out prompts of a `WorldConfig`, each with its reference trace."""
+
+    def __init__(self, config: WorldConfig):
+        for task in config.tasks:
+            if task not in TASKS:
+                raise ValueError(f"world.tasks: unknown task {task!r}; choose from {TASKS}")
+        if not 1 <= config.min_level <= config.max_level:
+            raise ValueError("world: need 1 <= min_level <= max_level")
+        self.config = config
+
+    def _draw(self, rng: random.Random, held_out: bool) -> Prompt:
+        while True:
+            task = rng.choice(self.config.tasks)
+            level = rng.randint(self.config.min_level, self.config.max_level)
+            text, answer, lines = make_problem(task, level, rng)
+            if is_held_out(text) == held_out:
+                span = max(self.config.max_level - self.config.min_level, 1)
+                return Prompt(
+                    id=f"{task}:{text}", text=text, answer=str(answer),
+                    tags=[f"task:{task}", f"level:{level}"],
+                    difficulty=(level - self.config.min_level) / span, source="world",
+                    meta={"trace": format_trace(lines, answer)})
+
+    def train_prompts(self, n: int, seed_offset: int = 0) -> list[Prompt]:
+        """`n` training prompts (repeats possible for small spaces), never held-out ones."""
+        rng = random.Random(f"train:{self.config.seed}:{seed_offset}")
+        return [self._draw(rng, held_out=False) for _ in range(n)]
+
+    def eval_prompts(self) -> list[Prompt]:
+        """The held-out split: `eval_size` distinct problems."""
+        rng, seen, out = random.Random(f"eval:{self.config.seed}"), set(), []
+        for _ in range(100 * self.config.eval_size):
+            if len(out) == self.config.eval_size:
+                break
+            p = self._draw(rng, held_out=True)
+            if p.id not in seen:
+                seen.add(p.id)
+                out.append(p)
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Verifier
+# ----------------------------------------------------------------------------------------------
+
+_ANSWER = re.compile(r"^A: *(-?\d+) *$", re.MULTILINE)
+
+
+def check_answer(response: str, answer: str) -> RewardResult:
+    """1.0 when the response has exactly one answer line and it equals the reference."""
+    found = _ANSWER.findall(response)
+    if not found:
+        return RewardResult(0.0, {"reason": "no_answer"})
+    if len(set(found)) > 1:
+        return RewardResult(0.0, {"reason": "multiple_answers", "extracted": found})
+    correct = int(found[0]) == int(answer)
+    return RewardResult(float(correct), {"extracted": found[0], "reason": "ok" if correct else "wrong"})
+
+
+@register_reward("world")
+def world_reward(**_options):
+    def score(prompts: Sequence[Prompt], responses: Sequence[str]) -> list[RewardResult]:
+        return [check_answer(r, p.answer) for p, r in zip(prompts, responses)]
+
+    return score
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer and tiny model
+# ----------------------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_char_tokenizer():
+    """A character-level tokenizer over printable ASCII + newline, as a transformers tokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens(SPECIAL_TOKENS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<|pad|>", unk_token="<|unk|>", eos_token="<|end|>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(config: TinyModelConfig, tokenizer, seed: int = 0):
+    """A random-init causal LM of `config`'s shape for `tokenizer`'s vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_cls, model_cls = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)
+    }[config.arch]
+    model_config = config_cls(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads, intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_positions, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    return model_cls(model_config)
+
+
+def save_tiny_model(config: TinyModelConfig, out_dir: str | Path, seed: int = 0) -> Path:
+    """Build the tokenizer and a tiny random model and save both as one HF model directory."""
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(config, tokenizer, seed)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

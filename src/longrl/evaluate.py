@@ -1,0 +1,61 @@
+"""Evaluation: pass@1 averaged over n samples, unbiased pass@k, mean response tokens (SPEC §9).
+
+pass@1 is the mean correctness over n sampled responses per prompt (the paper averages 8 runs);
+pass@k is the unbiased estimate 1 − C(n−c, k) / C(n, k) from the same n samples, with c of them
+correct; mean response tokens are reported beside every accuracy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from math import comb
+
+from longrl.config import EvalConfig
+from longrl.models import encode_prompt
+from longrl.rewards.registry import Reward, score_batch
+from longrl.types import GenerationRequest, Prompt, SamplingParams
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 − C(n−c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per prompt, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def evaluate(engine, tokenizer, prompts: Sequence[Prompt], rewards: dict[str, tuple[Reward, float]],
+             config: EvalConfig, correct_threshold: float = 1.0) -> dict[str, float]:
+    """Sample `config.n_samples` responses per prompt and score them; flat `eval/...` metrics.
+
+    A response counts as correct when its total reward reaches `correct_threshold`.
+    """
+    prompts = list(prompts)[: config.num_prompts]
+    n = config.n_samples
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens)
+    prompt_ids = [encode_prompt(tokenizer, p.text) for p in prompts]
+    requests = [GenerationRequest(ids) for ids in prompt_ids for _ in range(n)]
+    start = time.perf_counter()
+    completions = engine.generate(requests, params)
+    elapsed = time.perf_counter() - start
+    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+    repeated = [p for p in prompts for _ in range(n)]
+    results = score_batch(rewards, repeated, texts)
+    correct = [r.score >= correct_threshold for r in results]
+    tokens = sum(len(c.token_ids) for c in completions)
+    metrics = {
+        "eval/pass@1": sum(correct) / max(len(correct), 1),
+        "eval/mean_tokens": tokens / max(len(completions), 1),
+        "eval/truncated": sum(c.finish_reason != "stop" for c in completions) / max(len(completions), 1),
+        "eval/prompts": float(len(prompts)),
+        "eval/samples_per_prompt": float(n),
+        "perf/eval_tokens_per_s": tokens / max(elapsed, 1e-9),
+    }
+    for k in config.pass_k:
+        if k > 1:
+            per_prompt = [sum(correct[i * n:(i + 1) * n]) for i in range(len(prompts))]
+            metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, c, k) for c in per_prompt) / max(len(prompts), 1)
+    return metrics

@@ -1,0 +1,245 @@
+"""The master loop of an RL run, stage by stage in data-flow order (SPEC §8).
+
+Each iteration i:
+    sample prompts -> k responses each from π_θi -> rewards -> replay buffer -> train (OPMD)
+    -> weight sync into the engine -> evaluate on the held-out split (periodically)
+    -> log -> checkpoint (periodically)
+
+Trainer and engine live in this process (colocated). The run directory holds everything a
+resumed run needs: `config.toml`, `metrics.jsonl`, TensorBoard events, `samples/`,
+`checkpoints/<iter>/` and, at the end, the final model in `final/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from longrl.buffer import ReplayBuffer
+from longrl.config import RunConfig, dump_toml, load_config
+from longrl.data.sources import load_prompts
+from longrl.data.worlds import World
+from longrl.evaluate import evaluate
+from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
+from longrl.models import encode_prompt, load_model, load_tokenizer
+from longrl.rewards.registry import get_reward, score_batch
+from longrl.rollout.engine import HFEngine
+from longrl.sampler import UniformSampler
+from longrl.trainer import Trainer
+from longrl.types import GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
+from longrl.weight_sync import sync_weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+
+def rollout(engine, tokenizer, prompts: list[Prompt], k: int, params: SamplingParams,
+            version: int) -> tuple[list[Trajectory], dict[str, float]]:
+    """k trajectories per prompt, each one segment sampled by policy `version`."""
+    prompt_ids = [encode_prompt(tokenizer, p.text) for p in prompts]
+    requests = [GenerationRequest(ids) for ids in prompt_ids for _ in range(k)]
+    start = time.perf_counter()
+    completions = engine.generate(requests, params)
+    elapsed = time.perf_counter() - start
+    trajectories = []
+    for i, completion in enumerate(completions):
+        p = i // k
+        trajectories.append(Trajectory(
+            prompt=prompts[p], sample_index=i % k, prompt_ids=prompt_ids[p],
+            segments=[Segment(completion.token_ids, completion.logprobs, version)],
+            finish_reason=completion.finish_reason,
+            text=tokenizer.decode(completion.token_ids, skip_special_tokens=True)))
+    tokens = sum(t.num_response_tokens for t in trajectories)
+    return trajectories, {
+        "rollout/trajectories": float(len(trajectories)),
+        "rollout/mean_tokens": tokens / max(len(trajectories), 1),
+        "rollout/max_tokens": float(max((t.num_response_tokens for t in trajectories), default=0)),
+        "rollout/truncated": sum(t.finish_reason != "stop" for t in trajectories) / max(len(trajectories), 1),
+        "perf/rollout_s": elapsed,
+        "perf/rollout_tokens_per_s": tokens / max(elapsed, 1e-9),
+    }
+
+
+def score(trajectories: list[Trajectory], rewards) -> dict[str, float]:
+    """Fill each trajectory's reward; a failing reward is a recorded zero (registry)."""
+    results = score_batch(rewards, [t.prompt for t in trajectories], [t.text for t in trajectories])
+    for t, r in zip(trajectories, results):
+        t.reward, t.reward_info = r.score, r.info
+    values = [t.reward for t in trajectories]
+    n = max(len(values), 1)
+    groups: dict[str, list[float]] = {}
+    for t in trajectories:
+        groups.setdefault(t.group_key, []).append(t.reward)
+    return {
+        "reward/mean": sum(values) / n,
+        "reward/accuracy": sum(v >= 1.0 for v in values) / n,
+        "reward/errors": float(sum(any(k.endswith("/error") for k in t.reward_info) for t in trajectories)),
+        # groups where all k samples agree give zero advantage: no learning signal
+        "reward/uniform_groups": sum(len(set(g)) == 1 for g in groups.values()) / max(len(groups), 1),
+    }
+
+
+def write_samples(run_dir: Path, iteration: int, trajectories: list[Trajectory], count: int) -> None:
+    if count <= 0:
+        return
+    path = run_dir / "samples" / f"iter_{iteration:06d}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for t in trajectories[:count]:
+            f.write(json.dumps({
+                "prompt_id": t.prompt.id, "prompt": t.prompt.text, "answer": t.prompt.answer,
+                "response": t.text, "reward": t.reward, "reward_info": _jsonable(t.reward_info),
+                "finish_reason": t.finish_reason, "tokens": t.num_response_tokens,
+                "policy_versions": [s.policy_version for s in t.segments]}) + "\n")
+
+
+def _jsonable(info: dict) -> dict:
+    return {k: v if isinstance(v, (str, int, float, bool, type(None), list)) else repr(v) for k, v in info.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up, checkpoints, the run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    config: RunConfig
+    dir: Path
+    tokenizer: object
+    trainer: Trainer
+    engine: HFEngine
+    sampler: UniformSampler
+    buffer: ReplayBuffer
+    rewards: dict
+    eval_prompts: list[Prompt]
+    iteration: int = 0
+
+
+def _prompt_pool(config: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
+    world = World(config.world)
+    train = load_prompts(config.world.train_file) if config.world.train_file else world.train_prompts(config.world.train_size)
+    return train, world.eval_prompts()
+
+
+def setup(config: RunConfig, model_path: str | None = None) -> Run:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    run_dir = Path(config.out_dir) / config.name
+    tokenizer = load_tokenizer(model_path or config.model.path)
+    model = load_model(model_path or config.model.path, config.model.dtype)
+    engine = HFEngine(copy.deepcopy(model), tokenizer, config.rollout.batch_size, seed=config.seed)
+    trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
+                      temperature=config.rollout.temperature, seed=config.seed)
+    train_pool, eval_prompts = _prompt_pool(config)
+    rewards = {name: (get_reward(name), weight) for name, weight in zip(config.reward.names, config.reward.weights)}
+    return Run(config, run_dir, tokenizer, trainer, engine, UniformSampler(train_pool, config.seed),
+               ReplayBuffer(), rewards, eval_prompts)
+
+
+def save_checkpoint(run: Run, path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    run.trainer.model.save_pretrained(path)
+    run.tokenizer.save_pretrained(path)
+    torch.save({
+        "iteration": run.iteration, "sampler": run.sampler.state_dict(), "buffer": run.buffer.state_dict(),
+        "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+        "engine_rng": run.engine.generator.get_state(), "trainer_rng": run.trainer.rng.getstate(),
+    }, path / "trainer_state.pt")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = sorted((run_dir / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
+    return found[-1] if found else None
+
+
+def resume(run_dir: str | Path) -> Run:
+    """Rebuild a run from its directory alone: its config and its latest checkpoint."""
+    run_dir = Path(run_dir)
+    config = load_config(RunConfig, run_dir / "config.toml")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from in checkpoints/")
+    run = setup(config, model_path=str(checkpoint))
+    run.dir = run_dir
+    state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    run.iteration = state["iteration"]
+    run.sampler.load_state_dict(state["sampler"])
+    run.buffer.load_state_dict(state["buffer"])
+    random.setstate(state["python_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    run.engine.generator.set_state(state["engine_rng"])
+    run.trainer.rng.setstate(state["trainer_rng"])
+    return run
+
+
+def iteration(run: Run) -> dict[str, float]:
+    """One RL iteration, stage by stage."""
+    c = run.config
+    start = time.perf_counter()
+    params = SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p,
+                            max_new_tokens=c.rollout.max_new_tokens)
+    prompts = run.sampler.sample(c.rollout.prompts_per_iter)
+    trajectories, metrics = rollout(run.engine, run.tokenizer, prompts, c.rollout.samples_per_prompt,
+                                    params, version=run.iteration)
+    metrics |= score(trajectories, run.rewards)
+    metrics |= run.sampler.update(trajectories)
+    run.buffer.add(trajectories)
+    metrics |= run.buffer.metrics()
+    metrics |= run.trainer.train_iteration(run.buffer.take())
+    metrics |= sync_weights(run.trainer.model, run.engine)
+    run.iteration += 1
+    write_samples(run.dir, run.iteration, trajectories, c.log_samples)
+    metrics["perf/iteration_s"] = time.perf_counter() - start
+    return metrics
+
+
+def run_eval(run: Run) -> dict[str, float]:
+    return evaluate(run.engine, run.tokenizer, run.eval_prompts, run.rewards, run.config.eval)
+
+
+def train(run: Run, show_progress: bool = True) -> dict[str, float]:
+    """Run iterations until `config.iterations`; return the first and last evaluation."""
+    c = run.config
+    run.dir.mkdir(parents=True, exist_ok=True)
+    (run.dir / "config.toml").write_text(dump_toml(c))
+    resumed_from = run.iteration if run.iteration > 0 else None
+    sinks = [JsonlLogger(run.dir / "metrics.jsonl", keep_until=resumed_from if resumed_from else -1),
+             TensorBoardLogger(run.dir / "tensorboard")]
+    progress = ProgressBar(c.iterations, initial=run.iteration, disable=not show_progress)
+    summary: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    try:
+        if run.iteration == 0:
+            first = run_eval(run)
+            summary["start/pass@1"] = first["eval/pass@1"]
+            for sink in sinks:
+                sink.log(0, first)
+        while run.iteration < c.iterations:
+            metrics = iteration(run)
+            last = run.iteration == c.iterations
+            if last or (c.eval.every and run.iteration % c.eval.every == 0):
+                metrics |= run_eval(run)
+            for sink in (*sinks, progress):
+                sink.log(run.iteration, metrics)
+            if last or (c.checkpoint_every and run.iteration % c.checkpoint_every == 0):
+                save_checkpoint(run, run.dir / "checkpoints" / str(run.iteration))
+        if "eval/pass@1" in metrics:
+            summary["end/pass@1"] = metrics["eval/pass@1"]
+    finally:
+        for sink in (*sinks, progress):
+            sink.close()
+    final = run.dir / "final"
+    run.trainer.model.save_pretrained(final)
+    run.tokenizer.save_pretrained(final)
+    return summary

@@ -1,0 +1,67 @@
+"""Loading policies and computing their token log-probs, shared by the trainer and the engines.
+
+Log-probs are always taken under the temperature-scaled distribution `softmax(logits / T)`: the
+engine records them that way at sampling time and the trainer recomputes them that way, so the
+two sides of the OPMD log-ratio (SPEC §3) are the same quantity.
+
+Shape legend: B rows, T tokens per row, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """Raise a clear error unless `path` is a Hugging Face model directory."""
+    path = Path(path)
+    if not str(path):
+        raise FileNotFoundError("no model given: set model.path to a Hugging Face model directory")
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model directory: no config.json")
+    return path
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(check_model_dir(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str | Path, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(check_model_dir(path), dtype=DTYPES[dtype])
+    return model
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a user message wrapped in the tokenizer's chat template, ready to answer."""
+    if tokenizer.chat_template:
+        encoded = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    return tokenizer(text).input_ids
+
+
+def token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(input_ids[:, t] | input_ids[:, <t]) for every t, 0 at t = 0.
+
+    Rows may hold several packed sequences: `position_ids` restart at 0 for each, and with no
+    attention mask the model keeps attention inside each sequence.
+    """
+    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    logits = logits[:, :-1].float() / max(temperature, 1e-6)  # [B, T-1, V]
+    targets = input_ids[:, 1:].unsqueeze(-1)  # [B, T-1, 1]
+    picked = logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)  # [B, T-1]
+    return torch.nn.functional.pad(picked, (1, 0))  # [B, T]

@@ -1,0 +1,1 @@
+"""Rollout: inference engines behind one protocol (`engine.py`)."""

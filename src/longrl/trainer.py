@@ -1,0 +1,202 @@
+"""The training phase of an RL iteration: packing, mini-batches, and the OPMD step (SPEC §3).
+
+Per iteration, over the scored trajectories of the rollout phase:
+1. advantages a_j = r_j − τ log Z are computed once per group of k samples (`losses.py`);
+2. the optimizer is reset (the reference policy π_θi just changed, SPEC §3);
+3. for `epochs` passes, the sequences are shuffled and split into mini-batches of
+   `mini_batch_size`; each mini-batch is packed into rows of `row_tokens` tokens and takes one
+   optimizer step (rows are processed `micro_batch_rows` at a time to bound memory).
+
+π_θi log-probs are those the engine recorded while sampling; with `recompute_old_logprobs` the
+trainer recomputes them before the first step. Either way the largest gap between the engine's
+and the trainer's numbers is logged as `train/old_logprob_max_diff` (SPEC §3 asks to record it).
+
+Shape legend: B packed rows, T tokens per row, N sequences.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from longrl.config import LossConfig, TrainConfig
+from longrl.losses import opmd_advantages, opmd_loss
+from longrl.models import token_logprobs
+from longrl.types import TrainBatch, Trajectory
+
+
+@dataclass
+class PackedRows:
+    """Sequences laid end to end in rows; see `pack`."""
+
+    input_ids: torch.Tensor  # [B, T]
+    position_ids: torch.Tensor  # [B, T]
+    values: list[torch.Tensor]  # each [B, T]: per-token values packed alongside the ids
+    seq_ids: torch.Tensor  # [B, T] index of the sequence, -1 on padding
+
+
+def pack(sequences: Sequence[list[int]], per_token: Sequence[Sequence[list[float]]], row_tokens: int,
+         pad_id: int) -> PackedRows:
+    """Pack sequences into rows of at most max(row_tokens, longest) tokens, in order (greedy).
+
+    `per_token[k][j]` is the k-th per-token value list of sequence j, packed in the same places.
+    Padding gets its own restarting positions so it never attends to a real sequence.
+    """
+    limit = max(row_tokens, max(len(s) for s in sequences))
+    rows: list[list[int]] = [[]]
+    for j, seq in enumerate(sequences):
+        if rows[-1] and sum(len(sequences[i]) for i in rows[-1]) + len(seq) > limit:
+            rows.append([])
+        rows[-1].append(j)
+    T = max(sum(len(sequences[i]) for i in row) for row in rows)
+    B = len(rows)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((B, T), dtype=torch.long)
+    seq_ids = torch.full((B, T), -1, dtype=torch.long)
+    values = [torch.zeros((B, T)) for _ in per_token]
+    for b, row in enumerate(rows):
+        at = 0
+        for j in row:
+            n = len(sequences[j])
+            input_ids[b, at:at + n] = torch.tensor(sequences[j])
+            position_ids[b, at:at + n] = torch.arange(n)
+            seq_ids[b, at:at + n] = j
+            for value, source in zip(values, per_token):
+                value[b, at:at + n] = torch.tensor(source[j], dtype=torch.float32)
+            at += n
+        position_ids[b, at:] = torch.arange(T - at)
+    return PackedRows(input_ids, position_ids, values, seq_ids)
+
+
+def build_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tensor,
+                      row_tokens: int, pad_id: int) -> TrainBatch:
+    """Pack prompt + response of each trajectory; only response tokens enter the loss."""
+    sequences, masks, old = [], [], []
+    for t in trajectories:
+        n_prompt, response = len(t.prompt_ids), t.response_ids
+        sequences.append(t.prompt_ids + response)
+        masks.append([0.0] * n_prompt + [1.0] * len(response))
+        old.append([0.0] * n_prompt + t.response_logprobs)
+    rows = pack(sequences, [masks, old], row_tokens, pad_id)
+    loss_mask, old_logprobs = rows.values
+    seq_ids = torch.where(loss_mask > 0, rows.seq_ids, -1)
+    rewards = torch.tensor([float(t.reward) for t in trajectories])
+    return TrainBatch(rows.input_ids, rows.position_ids, loss_mask, old_logprobs, seq_ids,
+                      advantages, rewards, len(trajectories))
+
+
+def _count_sequences(seq_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
+    """Sequences with at least one loss token."""
+    return int(seq_ids[loss_mask > 0].unique().numel())
+
+
+def group_indices(trajectories: Sequence[Trajectory]) -> torch.Tensor:
+    """[N] index of each trajectory's prompt group."""
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(t.group_key, len(index)) for t in trajectories])
+
+
+class Trainer:
+    """Owns the policy and runs the training phase of each iteration."""
+
+    def __init__(self, model, train: TrainConfig, loss: LossConfig, pad_id: int,
+                 temperature: float = 1.0, seed: int = 0):
+        self.model, self.config, self.loss_config = model, train, loss
+        self.pad_id, self.temperature = pad_id, temperature
+        self.rng = random.Random(seed)
+        self.optimizer = self._new_optimizer()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=tuple(c.betas),
+                                 weight_decay=c.weight_decay)
+
+    def _row_chunks(self, batch: TrainBatch):
+        step = self.config.micro_batch_rows or batch.input_ids.shape[0]
+        for start in range(0, batch.input_ids.shape[0], step):
+            yield slice(start, start + step)
+
+    def step(self, batch: TrainBatch) -> dict[str, float]:
+        """One optimizer step on a packed mini-batch (gradient accumulation over row chunks)."""
+        self.model.train()
+        total = max(_count_sequences(batch.seq_ids, batch.loss_mask), 1)
+        metrics: dict[str, float] = {}
+        first_gap = 0.0
+        for rows in self._row_chunks(batch):
+            logp = token_logprobs(self.model, batch.input_ids[rows], batch.position_ids[rows],
+                                  self.temperature)  # [b, T]
+            mask = batch.loss_mask[rows]
+            part = _count_sequences(batch.seq_ids[rows], mask)
+            loss, m = opmd_loss(logp, batch.old_logprobs[rows], mask, batch.seq_ids[rows].clamp(min=0),
+                                batch.advantages, self.loss_config.tau, self.loss_config.level)
+            (loss * part / total).backward()
+            with torch.no_grad():
+                gap = ((logp - batch.old_logprobs[rows]).abs() * mask).max().item() if mask.any() else 0.0
+            first_gap = max(first_gap, gap)
+            for key, value in m.items():
+                metrics[key] = metrics.get(key, 0.0) + value * part / total
+        if self.config.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            metrics["train/grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["train/logprob_gap_max"] = first_gap
+        return metrics
+
+    @torch.no_grad()
+    def recompute_logprobs(self, trajectories: Sequence[Trajectory]) -> float:
+        """Replace recorded sampling log-probs by the trainer's; return the largest change."""
+        self.model.eval()
+        largest = 0.0
+        for t in trajectories:
+            ids = torch.tensor([t.prompt_ids + t.response_ids])  # [1, T]
+            positions = torch.arange(ids.shape[1])[None]
+            fresh = token_logprobs(self.model, ids, positions, self.temperature)[0, len(t.prompt_ids):]
+            at = 0
+            for segment in t.segments:
+                n = len(segment.token_ids)
+                new = fresh[at:at + n]
+                largest = max(largest, (new - torch.tensor(segment.logprobs)).abs().max().item() if n else 0.0)
+                segment.logprobs = new.tolist()
+                at += n
+        return largest
+
+    def train_iteration(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
+        """The training phase over one iteration's scored trajectories (module docstring)."""
+        start = time.perf_counter()
+        c = self.config
+        if c.reset_optimizer:
+            self.optimizer = self._new_optimizer()
+        metrics: dict[str, float] = {}
+        if c.recompute_old_logprobs:
+            metrics["train/old_logprob_max_diff"] = self.recompute_logprobs(trajectories)
+        rewards = torch.tensor([float(t.reward) for t in trajectories])
+        advantages, m = opmd_advantages(rewards, group_indices(trajectories), self.loss_config.tau,
+                                        self.loss_config.baseline)
+        metrics.update(m)
+        order = list(range(len(trajectories)))
+        steps, sums, tokens = 0, {}, 0
+        for epoch in range(c.epochs):
+            self.rng.shuffle(order)
+            for start_at in range(0, len(order), c.mini_batch_size):
+                chosen = order[start_at:start_at + c.mini_batch_size]
+                batch = build_train_batch([trajectories[i] for i in chosen], advantages[chosen],
+                                          c.row_tokens, self.pad_id)
+                step_metrics = self.step(batch)
+                if steps == 0 and not c.recompute_old_logprobs:
+                    # before the first update θ = θi: any gap is engine vs trainer numerics
+                    metrics["train/old_logprob_max_diff"] = step_metrics["train/logprob_gap_max"]
+                for key, value in step_metrics.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                steps += 1
+                tokens += sum(len(trajectories[i].prompt_ids) + trajectories[i].num_response_tokens
+                              for i in chosen)
+        metrics.update({k: v / max(steps, 1) for k, v in sums.items() if k != "train/logprob_gap_max"})
+        elapsed = time.perf_counter() - start
+        metrics.update({"train/steps": steps, "perf/train_s": elapsed,
+                        "perf/train_tokens_per_s": tokens / max(elapsed, 1e-9)})
+        return metrics

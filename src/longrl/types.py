@@ -1,0 +1,124 @@
+"""The values that flow between stages (DESIGN.md, "The types that flow").
+
+Stages talk only through these types: a sampler yields `Prompt`s, an engine turns
+`GenerationRequest`s into `Completion`s, the loop assembles them into `Trajectory`s made of
+`Segment`s, rewards score them, and the trainer packs them into a `TrainBatch`.
+
+Shape legend for tensors: B packed rows, T tokens per row, N sequences in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+FinishReason = Literal["stop", "length", "budget", "repetition"]
+
+
+@dataclass
+class Prompt:
+    """One RL prompt: the question, how to check an answer, and what it is about."""
+
+    id: str
+    text: str  # the user message; engines apply the tokenizer's chat template around it
+    answer: str | None = None  # reference answer for rule-based rewards
+    tests: list[dict[str, Any]] | None = None  # test cases for code rewards
+    tags: list[str] = field(default_factory=list)  # domain / subject / source (SPEC §1)
+    difficulty: float | None = None  # 0 easy .. 1 hard, from the data or from curation
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()  # the tokenizer's EOS is always a stop token
+
+
+@dataclass
+class GenerationRequest:
+    """Sample a continuation of `prompt_ids + prefix_ids`.
+
+    `prefix_ids` are response tokens sampled earlier (a partial rollout being continued); they
+    condition the generation but are not returned. `max_new_tokens`, when set, caps this request
+    below `SamplingParams.max_new_tokens` (a per-iteration token budget); hitting it gives finish
+    reason `budget` instead of `length`.
+    """
+
+    prompt_ids: list[int]
+    prefix_ids: list[int] = field(default_factory=list)
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each sampled token under the temperature-scaled policy
+    finish_reason: FinishReason
+
+
+@dataclass
+class Segment:
+    """The tokens one policy version sampled in one iteration (SPEC §8, partial rollouts)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    policy_version: int
+
+
+@dataclass
+class Trajectory:
+    """One sampled response to one prompt, possibly built over several iterations."""
+
+    prompt: Prompt
+    sample_index: int  # position within the group of k samples of this prompt
+    prompt_ids: list[int]
+    segments: list[Segment] = field(default_factory=list)
+    finish_reason: FinishReason | None = None  # None while unfinished
+    reward: float | None = None
+    reward_info: dict[str, Any] = field(default_factory=dict)
+    text: str = ""  # the decoded response, filled when finished
+
+    @property
+    def response_ids(self) -> list[int]:
+        return [t for s in self.segments for t in s.token_ids]
+
+    @property
+    def response_logprobs(self) -> list[float]:
+        return [p for s in self.segments for p in s.logprobs]
+
+    @property
+    def num_response_tokens(self) -> int:
+        return sum(len(s.token_ids) for s in self.segments)
+
+    @property
+    def group_key(self) -> str:
+        return self.prompt.id
+
+
+@dataclass
+class RewardResult:
+    score: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainBatch:
+    """Sequences packed into rows for one optimizer step.
+
+    Each sequence is prompt + response; several sequences share a row, separated by restarting
+    `position_ids` (the model's attention then stays inside each sequence).
+    """
+
+    input_ids: torch.Tensor  # [B, T] long
+    position_ids: torch.Tensor  # [B, T] long, restarts at 0 for every packed sequence
+    loss_mask: torch.Tensor  # [B, T] float, 1 on response tokens that enter the loss
+    old_logprobs: torch.Tensor  # [B, T] float, log-probs of the sampling policy at each target
+    seq_ids: torch.Tensor  # [B, T] long, index into the per-sequence tensors, -1 off-response
+    advantages: torch.Tensor  # [N] float, r_j - tau log Z per sequence
+    rewards: torch.Tensor  # [N] float
+    num_sequences: int

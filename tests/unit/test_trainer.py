@@ -1,0 +1,83 @@
+"""Packing, packed log-probs, and one OPMD training phase."""
+
+import torch
+
+from longrl.config import LossConfig, TrainConfig
+from longrl.models import load_model, token_logprobs
+from longrl.trainer import Trainer, build_train_batch, group_indices, pack
+from longrl.types import Prompt, Segment, Trajectory
+
+
+def test_pack_lays_sequences_end_to_end():
+    rows = pack([[1, 2, 3], [4, 5], [6, 7, 8, 9]], [[[1, 1, 1], [2, 2], [3, 3, 3, 3]]], row_tokens=5, pad_id=0)
+    assert rows.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]
+    assert rows.seq_ids.tolist() == [[0, 0, 0, 1, 1], [2, 2, 2, 2, -1]]
+    assert rows.values[0].tolist() == [[1, 1, 1, 2, 2], [3, 3, 3, 3, 0]]
+
+
+def test_packed_logprobs_equal_separate_ones(tiny_model_dir):
+    model = load_model(tiny_model_dir).eval()
+    seqs = [[3, 20, 21, 22, 4, 30, 31], [3, 25, 4, 40, 41, 42], [3, 26, 27, 4, 50]]
+    rows = pack(seqs, [], row_tokens=64, pad_id=0)
+    assert rows.input_ids.shape[0] == 1
+    with torch.no_grad():
+        packed = token_logprobs(model, rows.input_ids, rows.position_ids)[0]
+        at = 0
+        for seq in seqs:
+            ids = torch.tensor([seq])
+            alone = token_logprobs(model, ids, torch.arange(len(seq))[None])[0]
+            # position 0 of each sequence has no prediction in either layout
+            torch.testing.assert_close(packed[at + 1:at + len(seq)], alone[1:], rtol=0, atol=1e-5)
+            at += len(seq)
+
+
+def _trajectories(k=4):
+    prompts = [Prompt(id=f"p{i}", text=f"{i}+{i}", answer=str(2 * i)) for i in range(2)]
+    out = []
+    for p in prompts:
+        for j in range(k):
+            response = [20 + j, 21, 22 + (j % 2), 5]
+            out.append(Trajectory(prompt=p, sample_index=j, prompt_ids=[3, 23 + j, 4],
+                                  segments=[Segment(response, [0.0] * 4, 0)], finish_reason="stop",
+                                  reward=float(j % 2)))
+    return out
+
+
+def test_train_batch_masks_prompts_and_keeps_sampling_logprobs():
+    trajectories = _trajectories(k=2)
+    trajectories[0].segments[0].logprobs = [-0.1, -0.2, -0.3, -0.4]
+    batch = build_train_batch(trajectories, torch.zeros(4), row_tokens=100, pad_id=0)
+    assert batch.loss_mask[0, :7].tolist() == [0, 0, 0, 1, 1, 1, 1]
+    torch.testing.assert_close(batch.old_logprobs[0, 3:7], torch.tensor([-0.1, -0.2, -0.3, -0.4]))
+    assert batch.seq_ids[0, :7].tolist() == [-1, -1, -1, 0, 0, 0, 0]
+    assert group_indices(trajectories).tolist() == [0, 0, 1, 1]
+
+
+def test_training_phase_moves_the_policy_toward_rewarded_samples(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    trainer = Trainer(model, TrainConfig(lr=1e-2, mini_batch_size=4, epochs=2, recompute_old_logprobs=True),
+                      LossConfig(tau=0.1, level="sequence"), pad_id=0)
+    trajectories = _trajectories()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([trajectories[1].prompt_ids + trajectories[1].response_ids])
+    with torch.no_grad():
+        rewarded_before = token_logprobs(model, ids, torch.arange(ids.shape[1])[None])[0, 3:].sum()
+    metrics = trainer.train_iteration(trajectories)
+    assert metrics["train/steps"] == 4  # 2 epochs x 8 sequences / 4 per step
+    assert metrics["train/old_logprob_max_diff"] > 0  # the recorded zeros were replaced
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+    with torch.no_grad():
+        rewarded_after = token_logprobs(model, ids, torch.arange(ids.shape[1])[None])[0, 3:].sum()
+    assert rewarded_after > rewarded_before  # sample 1 had reward 1 > its group's mean 0.5
+
+
+def test_optimizer_is_reset_every_iteration(tiny_model_dir):
+    trainer = Trainer(load_model(tiny_model_dir), TrainConfig(mini_batch_size=8), LossConfig(), pad_id=0)
+    trainer.train_iteration(_trajectories())
+    first = trainer.optimizer
+    assert len(first.state) > 0
+    trainer.train_iteration(_trajectories())
+    assert trainer.optimizer is not first
+    step = next(iter(trainer.optimizer.state.values()))["step"]
+    assert float(step) == 1.0  # one step since the reset, not two

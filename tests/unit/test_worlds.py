@@ -1,0 +1,95 @@
+"""The tiny world: traces are correct arithmetic, the split is disjoint, the verifier is exact."""
+
+import random
+import re
+
+import pytest
+
+from longrl.config import WorldConfig
+from longrl.data.worlds import TASKS, World, build_char_tokenizer, check_answer, is_held_out, make_problem
+from longrl.rewards.registry import get_reward
+
+
+def _fixed(*values):
+    """A random source whose randint returns `values` in order."""
+    rng, it = random.Random(), iter(values)
+    rng.randint = lambda a, b: next(it)
+    return rng
+
+
+def test_add_trace_by_hand():
+    # 347 + 285: columns right to left with carries
+    rng = _fixed(347, 285)
+    text, answer, lines = make_problem("add", 3, rng)
+    assert (text, answer) == ("347+285", 632)
+    assert lines == ["7+5+0=12 c1", "4+8+1=13 c1", "3+2+1=6 c0"]
+
+
+def test_sub_and_mul_traces_by_hand():
+    text, answer, lines = make_problem("sub", 3, _fixed(285, 532))
+    assert (text, answer) == ("532-285", 247)
+    assert lines == ["2-5-0=7 b1", "3-8-1=4 b1", "5-2-1=2 b0"]
+    text, answer, lines = make_problem("mul", 3, _fixed(347, 6))
+    assert (text, answer) == ("347*6", 2082)
+    assert lines == ["7*6+0=42 c4", "4*6+4=28 c2", "3*6+2=20 c2"]
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_trace_line_is_true_and_ends_in_the_answer(task):
+    rng = random.Random(1)
+    for level in range(1, 6):
+        for _ in range(50):
+            text, answer, lines = make_problem(task, level, rng)
+            assert eval(text) == answer
+            for line in lines:
+                expr, value = re.match(r"^([\d+*-]+)=(\d+)", line).groups()
+                if task == "sub":  # a borrow adds 10 to the column
+                    assert int(value) in (eval(expr), eval(expr) + 10)
+                else:
+                    assert eval(expr) == int(value)
+
+
+def test_split_is_disjoint_and_deterministic():
+    world = World(WorldConfig(tasks=["add"], min_level=2, max_level=2, eval_size=100))
+    held_out = world.eval_prompts()
+    train = world.train_prompts(3000)
+    assert len({p.id for p in held_out}) == 100
+    assert all(is_held_out(p.text) for p in held_out)
+    assert not {p.text for p in train} & {p.text for p in held_out}
+    assert [p.id for p in world.eval_prompts()] == [p.id for p in held_out]
+
+
+def test_unknown_task_is_an_error():
+    with pytest.raises(ValueError, match="unknown task 'div'"):
+        World(WorldConfig(tasks=["div"]))
+
+
+@pytest.mark.parametrize("response, answer, score, reason", [
+    ("7+5+0=12 c1\nA: 12", "12", 1.0, "ok"),
+    ("A: 13", "12", 0.0, "wrong"),
+    ("no answer here", "12", 0.0, "no_answer"),
+    ("A: 12\nA: 13", "12", 0.0, "multiple_answers"),
+    ("A: 12\nA: 12", "12", 1.0, "ok"),
+    ("The A: 12 inline", "12", 0.0, "no_answer"),
+])
+def test_verifier(response, answer, score, reason):
+    result = check_answer(response, answer)
+    assert result.score == score and result.info["reason"] == reason
+
+
+def test_world_reward_is_registered():
+    world = World(WorldConfig(tasks=["add"], eval_size=3))
+    prompts = world.eval_prompts()
+    responses = [p.meta["trace"] for p in prompts]
+    assert [r.score for r in get_reward("world")(prompts, responses)] == [1.0, 1.0, 1.0]
+
+
+def test_char_tokenizer_round_trip_and_chat_template():
+    tok = build_char_tokenizer()
+    text = "347+285\n7+5+0=12 c1\nA: 632"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert len(ids) == len(text)
+    assert tok.decode(ids) == text
+    chat = tok.apply_chat_template([{"role": "user", "content": "1+2"}], add_generation_prompt=True, tokenize=False)
+    assert chat == "<|user|>1+2<|end|><|assistant|>"
+    assert tok.eos_token == "<|end|>" and tok.pad_token_id != tok.eos_token_id
