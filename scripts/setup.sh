@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install longrl with everything its tests need. Idempotent.
+# torch==2.13.0 resolves to the CPU wheel that lies on this kind of machine's disk; on a GPU
+# machine install the CUDA build of torch 2.13.0 into the venv first and pip keeps it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -m pip install --quiet -e ".[dev,math]" 2>&1 | grep -v "is ignored" || true
+.venv/bin/python -c "import longrl, torch, transformers; print(f'longrl ready: torch {torch.__version__}, transformers {transformers.__version__}')"

@@ -1,0 +1,901 @@
+"""Math answer reward: extract the final answer, check it against the reference (SPEC §6).
+
+SPEC §6 asks for a rule-based reward wherever an answer can be checked: 1 if the response's final
+answer is mathematically equivalent to the reference (`a^2-4` equals `(a+2)(a-2)`), else 0. The
+check is in three layers, each a small pure function:
+
+1. `extract_answers`: the final answer(s) of a response, by priority: every `\\boxed{}` /
+   `\\fbox{}` (nested braces allowed), else the last "Answer: ..." line or "the answer is ..."
+   phrase, else a configurable fallback (the last number, the last `$...$` formula, or nothing).
+2. `normalize_answer`: text-level clean-up both sides get before any parsing: `\\dfrac`, spacing
+   commands, thousands separators, trailing period, degrees, `$`, units (`5 \\text{ cm}` -> `5`,
+   remembering the unit), percent (`50\\%` -> `50`, remembering the sign), mixed numbers, plain
+   text written as LaTeX (`pi/2` -> `\\pi/2`, `sqrt(2)`, `1e-7`), choice letters (`\\textbf{(B)}`).
+3. `check_equivalence`: `math_verify.parse` + `math_verify.verify` (pinned, see the `math` extra)
+   in a persistent worker subprocess with a per-check deadline; a worker that overruns is killed
+   and replaced. This is why the check works from any thread or process: math-verify's own
+   timeout uses `signal.alarm`, which only works in the main thread, so we call it with its
+   timeouts disabled and enforce ours from outside. The worker also has an address-space limit,
+   so an answer like `9^{9^{9}}` cannot take the trainer's memory with it.
+
+Protects against: slow or pathological expressions (deadline + restart), memory blow-ups (rlimit),
+crashes of the parser (the worker is restarted, the check is a "worker_error"), responses that
+hedge with several different boxed answers (wrong), and absolute float tolerances. Does not
+protect against: a correct answer the parser cannot read (scored wrong), unit conversions
+(`180 min` vs `3 hours` is scored wrong), answers whose correctness depends on the question
+("round to two decimals").
+
+Deviations from plain math-verify (each one has a labelled case in tests/unit/math_pairs.py):
+- Numeric comparison (replaces `math_verify.grader.sympy_numeric_eq` inside the worker only):
+  exact for exact numbers (math-verify's `evalf(chop=True)` says `2^{-99}` equals `2^{-98}`), a
+  float against an exact value must agree to 6 significant digits (math-verify rounds to 6
+  *decimal places*, so `1e-7` equals `2e-7`), two floats must agree to 1e-9 relative.
+- Percent: `50\\%`, `0.5` and `50` are all accepted for a `50\\%` reference (and `50\\%` for a
+  `0.5` or `50` reference); `0.5` for a `50` reference is not.
+- Units are stripped by us, not by math-verify (its list strips single letters such as the `c`
+  of `+ c`); two different known units (`5 m` vs `5 cm`) are not equal.
+- The symbol `i` is the imaginary unit on both sides (math-verify keeps it a real symbol, so
+  `i^2` is not `-1`); sets may be compared with inequalities (`x \\le 3` vs `(-\\infty, 3]`).
+- Plain numbers (`0.75`, `3/4`, `\\frac{1}{2}`, `1.5 \\times 10^{-8}`) are compared in the caller,
+  exactly, by the same rule (a decimal point makes a float): no parsing for most answers.
+- An explicit set `\\{1,2\\}` is not the pair or interval `(1,2)` (math-verify says it is).
+- Degrees: `30^\\circ` is 30, but inside a trig function degrees become radians.
+- Several boxed answers: correct only if every one is equivalent to the reference. Among
+  "Answer:" lines and "the answer is" phrases only the last counts: long chains of thought state
+  and retract intermediate answers, a box is the explicit final commitment.
+- Speed: the worker parses LaTeX with ANTLR's two-stage SLL-then-LL strategy (same trees, 3-4x
+  faster; tested on every string of the suite).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from typing import Literal
+
+# The worker loads this file by path under this name, without the `longrl` package: the package
+# imports torch (through `longrl.types`), which would add seconds and hundreds of MB per worker.
+_WORKER_MODULE = "_longrl_math_worker"
+_IN_WORKER = __name__ == _WORKER_MODULE
+
+if not _IN_WORKER:
+    import importlib.util
+
+    if importlib.util.find_spec("math_verify") is None:  # the registry skips us on ImportError
+        raise ImportError("the math reward needs math-verify: pip install 'longrl[math]'")
+    from longrl.rewards.registry import Reward, register_reward
+    from longrl.types import Prompt, RewardResult
+
+Fallback = Literal["none", "last_number", "last_math"]
+
+# ----------------------------------------------------------------------------------------------
+# 1. Extraction
+# ----------------------------------------------------------------------------------------------
+
+_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_LINE = re.compile(
+    r"^[ \t>#*_]*(?:final\s+)?answer\s*[*_]*\s*[:：]\s*[*_]*[ \t]*(?P<ans>[^\n]+?)[ \t*_]*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_ANSWER_PHRASE = re.compile(
+    r"\bthe\s+(?:final\s+)?answer\s+(?:is|=)\s*:?\s*(?P<ans>[^\n]+?)\s*(?=\.\s|\.?$|\n)",
+    re.IGNORECASE,
+)
+_LAST_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+(?:\.\d+)?)?%?")
+_MATH_SPANS = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    answers: tuple[str, ...]  # distinct after normalisation, by last appearance: final one last
+    source: str  # "boxed" | "answer_phrase" | "fallback" | "none"
+
+
+def _braced(text: str, open_index: int) -> tuple[str, int] | None:
+    """Content of the group whose `{` is at `open_index`, and the index after its `}`.
+
+    Escaped braces (`\\{`, `\\}`) are content, not grouping, as in LaTeX. None if unclosed (a
+    response cut off by the length limit).
+    """
+    depth, i = 0, open_index
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2  # skip the escaped character, including `\\{` and `\\\\`
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_index + 1 : i], i + 1
+        i += 1
+    return None
+
+
+def _unbox(content: str) -> str:
+    """`\\boxed{\\boxed{3}}` -> `3`; `x = \\boxed{3}` -> `x = 3` (inner box: same answer)."""
+    match = _BOX_START.search(content)
+    while match:
+        inner = _braced(content, match.end() - 1)
+        if inner is None:
+            break
+        content = content[: match.start()] + inner[0] + content[inner[1] :]
+        match = _BOX_START.search(content)
+    return content
+
+
+def _boxed_answers(text: str) -> list[str]:
+    answers, start = [], 0
+    while match := _BOX_START.search(text, start):
+        group = _braced(text, match.end() - 1)
+        if group is None:
+            break
+        answers.append(_unbox(group[0]).strip())
+        start = group[1]  # boxes nested in this one are part of it
+    return answers
+
+
+def _phrase_answer(text: str) -> str | None:
+    """The last "Answer: ..." line or "the answer is ..." phrase, by position."""
+    matches = [*_ANSWER_LINE.finditer(text), *_ANSWER_PHRASE.finditer(text)]
+    if not matches:
+        return None
+    return max(matches, key=lambda m: m.start("ans")).group("ans").strip()
+
+
+def _fallback_answer(text: str, fallback: Fallback) -> str | None:
+    if fallback == "last_number":
+        numbers = _LAST_NUMBER.findall(text)
+        return numbers[-1].rstrip(",") if numbers else None
+    if fallback == "last_math":
+        spans = _MATH_SPANS.findall(text)
+        return next((s for s in spans[-1] if s), None) if spans else None
+    return None
+
+
+def extract_answers(text: str, fallback: Fallback = "last_number") -> Extraction:
+    """All final answers a response commits to (see the module docstring for the priority)."""
+    if fallback not in ("none", "last_number", "last_math"):
+        raise ValueError(f"fallback={fallback!r}: use 'none', 'last_number' or 'last_math'")
+    boxed = [a for a in _boxed_answers(text) if a]
+    if boxed:
+        distinct = {normalize_answer(a).key: a for a in reversed(boxed)}  # keeps the first raw
+        return Extraction(tuple(reversed(distinct.values())), "boxed")
+    for source, answer in (("answer_phrase", _phrase_answer(text)),
+                           ("fallback", _fallback_answer(text, fallback))):
+        if answer and (answer := _strip_wrappers(answer)):
+            return Extraction((answer,), source)
+    return Extraction((), "none")
+
+
+def _strip_wrappers(answer: str) -> str:
+    """`**$\\frac{1}{2}$**.` -> `\\frac{1}{2}`: markdown bold, math delimiters, full stop."""
+    answer = answer.strip().strip("*_").strip().rstrip(".").strip()
+    answer = re.sub(r"^(?:\$+|\\\(|\\\[)\s*|\s*(?:\$+|\\\)|\\\])$", "", answer)
+    return answer.strip()
+
+
+def extract_answer(text: str, fallback: Fallback = "last_number") -> str | None:
+    """The last final answer of a response, or None. Use `extract_answers` to see all of them."""
+    answers = extract_answers(text, fallback).answers
+    return answers[-1] if answers else None
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Normalisation (strings only: cheap, runs in the caller)
+# ----------------------------------------------------------------------------------------------
+
+# Known units, alias -> canonical. Two *different* canonical units make answers unequal; other
+# trailing words (`5 apples`) are stripped but never conflict.
+_UNIT_ALIASES = {
+    "mm": "mm", "millimeter": "mm", "millimetre": "mm", "cm": "cm", "centimeter": "cm",
+    "centimetre": "cm", "m": "m", "meter": "m", "metre": "m", "km": "km", "kilometer": "km",
+    "kilometre": "km", "in": "in", "inch": "in", "inche": "in", "ft": "ft", "foot": "ft",
+    "feet": "ft", "yd": "yd", "yard": "yd", "mi": "mi", "mile": "mi", "mg": "mg", "g": "g",
+    "gram": "g", "kg": "kg", "kilogram": "kg", "lb": "lb", "pound": "lb", "oz": "oz",
+    "ounce": "oz", "ml": "ml", "milliliter": "ml", "l": "l", "liter": "l", "litre": "l",
+    "s": "s", "sec": "s", "second": "s", "min": "min", "minute": "min", "h": "h", "hr": "h",
+    "hour": "h", "day": "day", "week": "week", "month": "month", "yr": "year", "year": "year",
+    "degree": "deg", "deg": "deg", "radian": "rad", "rad": "rad", "dollar": "dollar",
+    "cent": "cent", "mph": "mph", "kph": "kph", "euro": "euro",
+}  # fmt: skip
+_AREA_PREFIX = re.compile(r"^(?:square|sq\.?|cubic|cu\.?)\s+")
+_GENERIC_UNITS = {"unit", "units", "square units", "sq units", "cubic units"}
+# Words that are mathematics, never units (`2 pi`, `3 and 4`).
+_MATH_WORDS = {"pi", "ln", "log", "sin", "cos", "tan", "exp", "inf", "infinity", "and", "or",
+               "i", "e", "x", "y", "z", "n", "k"}  # fmt: skip
+
+_TEXT_SUFFIX = re.compile(
+    r"^(?P<body>.*?)\s*\\(?:text|textrm|textnormal|textit|mathrm|mbox|rm)\s*\{\s*"
+    r"(?P<word>[A-Za-z][A-Za-z ./]*?)\s*\}\s*(?:\^\s*\{?\s*(?P<pow>[23])\s*\}?)?$"
+)
+_PLAIN_SUFFIX = re.compile(
+    r"^(?P<body>.*?[\d}])\s+(?P<word>[A-Za-z][A-Za-z. ]*?)\s*(?:\^\s*\{?\s*(?P<pow>[23])\s*\}?)?$"
+)
+_PLAIN_NUMBER = re.compile(r"^[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:/\d+)?$")
+_DEGREE_MARK = r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b)"  # not a bare `\circ`: f∘g
+_DEGREES = re.compile(rf"\s*{_DEGREE_MARK}")
+_DEGREES_INSIDE = re.compile(rf"(\d+(?:\.\d+)?)\s*{_DEGREE_MARK}")
+_TRIG = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc)(?![A-Za-z])")
+_REPEATING = re.compile(r"^(-?)(\d*)\.(\d*)\\overline\s*\{(\d+)\}$")
+_PERCENT = re.compile(r"\s*(?:\\?%|\\text\{\s*percent\s*\}|percent)\s*$")
+_SPACING = re.compile(r"(?<!\\)\\[,;:!> ]|\\q?quad\b|~")  # not the `\\` of a matrix row
+_SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
+_FUNCTION_WORDS = re.compile(
+    r"(?<![\\A-Za-z])(arcsin|arccos|arctan|sin|cos|tan|cot|sec|csc|ln|log|exp|pi|sqrt)(?![A-Za-z])"
+)
+_MIXED_LATEX = re.compile(r"^(-?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}$")
+_MIXED_PLAIN = re.compile(r"^(-?)(\d+)\s+(\d+)/(\d+)$")
+_CHOICE = re.compile(r"^(?:\\text\{\s*)?\(?\s*([A-E])\s*\)?(?:\s*\})?$")
+_UNICODE = {"−": "-", "–": "-", "×": r"\times ", "·": r"\cdot ", "÷": "/", "π": r"\pi ",
+            "√": r"\sqrt", "∞": r"\infty ", "≤": r"\le ", "≥": r"\ge ", "≠": r"\ne ",
+            "±": r"\pm ", "∅": r"\emptyset ", "∪": r"\cup ", "∩": r"\cap ",
+            "\u2009": " "}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NormalizedAnswer:
+    text: str  # LaTeX for math-verify, without units or percent sign
+    unit: str | None = None  # canonical unit if known (`cm`), else the stripped word, else None
+    percent: bool = False  # the answer ended in a percent sign
+
+    @property
+    def key(self) -> str:
+        return f"{self.text}%" if self.percent else self.text
+
+
+def _clean(text: str) -> str:
+    for char, latex in _UNICODE.items():
+        text = text.replace(char, latex)
+    text = re.sub(r"\\[dtc]frac", r"\\frac", text)
+    text = re.sub(r"\\(?:displaystyle|left\.|right\.)", "", text)
+    text = re.sub(r"\\varnothing|\\\{\s*\\\}", r"\\emptyset", text)
+    text = re.sub(r"\\(?:textbf|mathbf|textrm|mathrm|textnormal|textit|mbox|rm)\b", r"\\text", text)
+    text = re.sub(r"(?<=\d)(?:\{,\}|\\,)(?=\d{3})", "", text)  # 1{,}000 and 1\,000
+    text = _SPACING.sub(" ", text)
+    text = re.sub(r"^\s*(?:\\\(|\\\[|\$+)|(?:\\\)|\\\]|\$+)\s*$", "", text.strip()).strip()
+    text = text.strip(" \t\n.;,:")  # `5.` is a sentence's full stop, not a decimal point
+    return re.sub(r"\s+", " ", text)
+
+
+def _canonical_unit(word: str, power: str | None) -> str | None:
+    word = word.lower().strip(" .")
+    if word in _GENERIC_UNITS:
+        return "unit"
+    area = _AREA_PREFIX.match(word)
+    base = word[area.end() :] if area else word
+    base = base[:-1] if base.endswith("s") and base[:-1] in _UNIT_ALIASES else base
+    canonical = _UNIT_ALIASES.get(base, base)
+    if area or power:
+        canonical += "^3" if (power == "3" or (area and word.startswith("cu"))) else "^2"
+    return canonical
+
+
+def _split_unit(text: str) -> tuple[str, str | None]:
+    """Strip one trailing unit: `\\text{ cm}^2`, `cm`, `dollars`, a leading `\\$`, degrees."""
+    if re.match(r"^\\?\$\s*\S", text):  # `$` itself was removed by _clean; `\$` stays
+        return _split_unit(text.lstrip("\\$ "))[0], "dollar"
+    if _DEGREES.search(text) and not _TRIG.search(text):  # `30^\circ`, but not `\cos 60^\circ`
+        return _DEGREES.sub("", text).strip(), "deg"
+    match = _TEXT_SUFFIX.match(text)
+    if match and match["body"].strip() and match["word"].lower() not in _MATH_WORDS:  # `4\text{i}`
+        return match["body"].strip(), _canonical_unit(match["word"], match["pow"])
+    if match := _PLAIN_SUFFIX.match(text):
+        word = match["word"].lower().strip(" .")
+        number = _PLAIN_NUMBER.match(match["body"])
+        known = _canonical_unit(word, None) in _UNIT_ALIASES.values() and (len(word) > 1 or number)
+        nouns = (number  # `5 apples`, not `2 x`
+                 and re.fullmatch(r"[a-z]{2,}( [a-z]{2,})*", word)
+                 and not set(word.split()) & _MATH_WORDS)  # fmt: skip
+        if known or nouns:
+            return match["body"].strip(), _canonical_unit(word, match["pow"])
+    return text, None
+
+
+def _balanced_parens_to_braces(text: str, command: str) -> str:
+    """`\\sqrt(x+1)` -> `\\sqrt{x+1}` with nested parentheses kept."""
+    start = text.find(command + "(")
+    while start != -1:
+        open_at, depth = start + len(command), 0
+        for i in range(open_at, len(text)):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            if depth == 0:
+                text = f"{text[:open_at]}{{{text[open_at + 1 : i]}}}{text[i + 1 :]}"
+                break
+        else:
+            return text
+        start = text.find(command + "(", open_at)
+    return text
+
+
+def _plain_to_latex(text: str) -> str:
+    """Plain-text math as models write it (`sqrt(2)/2`, `2*pi`, `1e-7`) into LaTeX."""
+    text = text.replace("**", "^")
+    text = _SCIENTIFIC.sub(r"\1\\times 10^{\2}", text)
+    text = _FUNCTION_WORDS.sub(r"\\\1 ", text)
+    text = re.sub(r"\\(\w+) (?=[({])", r"\\\1", text)  # `\sqrt (` -> `\sqrt(`
+    text = _balanced_parens_to_braces(text, r"\sqrt")
+    return re.sub(r"(?<!\*)\*(?!\*)", r" \\cdot ", text)
+
+
+def _repeating_decimal(match: re.Match) -> str:
+    """`0.1\\overline{6}` -> `\\frac{1}{6}`: the fraction the notation stands for."""
+    sign, whole, fixed, period = match.groups()
+    value = Fraction(int(whole or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed))
+    value += Fraction(int(period), (10 ** len(period) - 1) * 10 ** len(fixed))
+    return rf"{sign}\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def _numeric_forms(text: str) -> str:
+    text = _REPEATING.sub(_repeating_decimal, text)
+    text = _DEGREES_INSIDE.sub(r"(\\frac{\1\\pi}{180})", text)  # left only inside trig: radians
+    if re.match(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$", text):  # 1,000,000
+        return text.replace(",", "")
+    if mixed := (_MIXED_LATEX.match(text) or _MIXED_PLAIN.match(text)):
+        sign, whole, num, den = mixed.groups()
+        if 0 < int(num) < int(den):  # a proper fraction after a whole number is a mixed number
+            return rf"{sign}\frac{{{int(whole) * int(den) + int(num)}}}{{{den}}}"
+    if choice := _CHOICE.match(text):
+        return choice.group(1)
+    return text
+
+
+def normalize_answer(answer: str) -> NormalizedAnswer:
+    """Text-level normalisation applied to both sides before parsing (module docstring, 2.)."""
+    text = _clean(answer)
+    percent = bool(_PERCENT.search(text))  # before units: `25 percent` is not 25 of a unit
+    text = _PERCENT.sub("", text).strip() if percent else text
+    text, unit = _split_unit(text)
+    text = _numeric_forms(_plain_to_latex(text).strip())
+    return NormalizedAnswer(re.sub(r"\s+", " ", text).strip(), unit, percent)
+
+
+def _units_conflict(a: NormalizedAnswer, b: NormalizedAnswer) -> bool:
+    known = set(_UNIT_ALIASES.values())
+    base = lambda u: u.split("^")[0] if u else None  # noqa: E731
+    return bool(a.unit and b.unit and base(a.unit) in known and base(b.unit) in known
+                and a.unit != b.unit)  # fmt: skip
+
+
+def _set_vs_sequence(a: NormalizedAnswer, b: NormalizedAnswer) -> bool:
+    """`\\{1,2\\}` against `(1,2)` / `[1,2]`: an explicit set is never a point or an interval.
+
+    math-verify accepts a bare list `1, 2` for a `(1,2)` reference (a point written without its
+    parentheses) and parses `\\{1,2\\}` to the same set, so the braces are checked here.
+    """
+    is_set = lambda t: t.startswith(r"\{") and t.endswith(r"\}")  # noqa: E731
+    is_sequence = lambda t: t[:1] in "([" and t[-1:] in ")]" and "," in t  # noqa: E731
+    return (is_set(a.text) and is_sequence(b.text)) or (is_sequence(a.text) and is_set(b.text))
+
+
+# Plain numbers are compared here, exactly, without parsing. A decimal point makes a float.
+_FLOAT_DIGITS = 6  # a float against an exact value: agree to this many significant digits
+_FLOAT_REL_TOL = Fraction(1, 10**9)  # two floats: equal as written, up to representation noise
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_LITERALS = (  # (pattern, how to get (numerator, denominator, exponent of 10) from its groups)
+    (re.compile(rf"^({_NUM})$"), lambda m: (m[1], "1", "0")),
+    (re.compile(rf"^({_NUM})\s*/\s*({_NUM})$"), lambda m: (m[1], m[2], "0")),
+    (re.compile(rf"^([-+]?)\\frac\{{({_NUM})\}}\{{({_NUM})\}}$"),
+     lambda m: (m[1] + m[2], m[3], "0")),
+    (re.compile(rf"^({_NUM})\s*\\(?:times|cdot)\s*10\s*\^\s*\{{?([-+]?\d+)\}}?$"),
+     lambda m: (m[1], "1", m[2])),
+    (re.compile(r"^10\s*\^\s*\{?([-+]?\d+)\}?$"), lambda m: ("1", "1", m[1])),
+)  # fmt: skip
+
+
+def _literal(text: str) -> tuple[Fraction, bool] | None:
+    """(value, written with a decimal point) of a plain number, else None."""
+    for pattern, parts in _LITERALS:
+        if match := pattern.match(text):
+            numerator, denominator, exponent = parts(match)
+            if "-" in numerator[1:] or abs(int(exponent)) > 400 or float(denominator) == 0:
+                return None  # `--1`; absurd exponents go to the worker and its deadline
+            try:
+                value = Fraction(numerator.replace("+", "")) / Fraction(denominator)
+            except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+                return None
+            return value * Fraction(10) ** int(exponent), "." in numerator + denominator
+    return None
+
+
+def _floor_log10(value: Fraction) -> int:
+    exponent = int((value.numerator.bit_length() - value.denominator.bit_length()) * 0.30103)
+    while Fraction(10) ** exponent > value:
+        exponent -= 1
+    while Fraction(10) ** (exponent + 1) <= value:
+        exponent += 1
+    return exponent
+
+
+def _literals_equal(x: tuple[Fraction, bool], y: tuple[Fraction, bool]) -> bool:
+    """The tolerance rule of the module docstring; `_numeric_equal` applies it to expressions."""
+    (a, a_float), (b, b_float) = x, y
+    if a_float and b_float:
+        return abs(a - b) <= _FLOAT_REL_TOL * max(abs(a), abs(b))
+    if a_float or b_float:
+        exact = abs(b if a_float else a)
+        if exact == 0:
+            return a == b
+        return abs(a - b) <= 5 * Fraction(10) ** (_floor_log10(exact) - _FLOAT_DIGITS)
+    return a == b
+
+
+def _literal_verdict(pairs: list[tuple[str, str]]) -> bool | None:
+    literals = [(_literal(a), _literal(b)) for a, b in pairs]
+    if any(x is None or y is None for x, y in literals):
+        return None
+    return any(_literals_equal(x, y) for x, y in literals)
+
+
+def _comparison_pairs(pred: NormalizedAnswer, gold: NormalizedAnswer) -> list[tuple[str, str]]:
+    """(pred, gold) LaTeX pairs to try; equal if any is. Only percent gives more than one."""
+    pct = lambda s: rf"\frac{{{s}}}{{100}}"  # noqa: E731 - not `x\%`: only numbers get that
+    if pred.percent == gold.percent:
+        return [(pred.text, gold.text)]
+    if gold.percent:  # 0.5 or 50 for 50%
+        return [(pred.text, pct(gold.text)), (pred.text, gold.text)]
+    return [(pct(pred.text), gold.text), (pred.text, gold.text)]  # 50% for 0.5 or 50
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Equivalence: math-verify in worker subprocesses with a deadline
+# ----------------------------------------------------------------------------------------------
+
+_STARTUP_TIMEOUT_S = 120.0  # importing sympy on a loaded machine; not part of a check's deadline
+_WORKER_MEMORY_MB = 3072  # address-space limit of a worker; an overrun is a MemoryError there
+# Load this file by path (see _WORKER_MODULE); -P keeps the working directory off sys.path.
+_BOOTSTRAP = (
+    "import importlib.util as u, sys; s = u.spec_from_file_location(%r, sys.argv[1]); "
+    "m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m); "
+    "m._worker_main(int(sys.argv[2]))" % _WORKER_MODULE
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    equal: bool
+    reason: str  # "equal" | "not_equal" | "unit_mismatch" | "empty" | "timeout" | "worker_error"
+
+
+class _Worker:
+    """One verifier subprocess speaking JSON lines. Used by one thread at a time (the pool)."""
+
+    def __init__(self, memory_mb: int):
+        self._memory_mb = memory_mb
+        self._start()
+
+    def _start(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-P", "-c", _BOOTSTRAP, __file__, str(self._memory_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )  # fmt: skip
+        self._buffer, self._ready = b"", False
+
+    def _read_line(self, deadline: float) -> bytes | None:
+        """The next line from the worker, None at the deadline; EOFError if the worker died."""
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise EOFError("verifier worker exited")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    def _await_ready(self) -> None:
+        if self._ready:
+            return
+        try:
+            ready = self._read_line(time.monotonic() + _STARTUP_TIMEOUT_S) == b"ready"
+        except EOFError:
+            ready = False
+        if not ready:
+            self.restart()  # the next check tries a fresh process
+            raise RuntimeError("math verifier worker did not start (its stderr says why); is "
+                               "math-verify installed? pip install 'longrl[math]'")  # fmt: skip
+        self._ready = True
+
+    def check(self, pairs: list[tuple[str, str]], timeout_s: float) -> Verdict:
+        self._await_ready()  # a restart's startup time is not charged to the check
+        try:
+            self._proc.stdin.write(json.dumps({"pairs": pairs}).encode() + b"\n")
+            self._proc.stdin.flush()
+            line = self._read_line(time.monotonic() + timeout_s)
+            reply = None if line is None else json.loads(line)
+        except (EOFError, OSError, ValueError):  # crashed (e.g. C stack overflow in sympy)
+            self.restart()
+            return Verdict(False, "worker_error")
+        if reply is None:
+            self.restart()  # the only way to stop a computation that is stuck in sympy
+            return Verdict(False, "timeout")
+        if "error" in reply:  # an exception inside math-verify; the worker is fine
+            return Verdict(False, "worker_error")
+        return Verdict(bool(reply["equal"]), "equal" if reply["equal"] else "not_equal")
+
+    def restart(self) -> None:
+        self.close()
+        self._start()
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        self.forget()
+
+    def forget(self) -> None:
+        """Close our ends of the pipes without touching the process (a forked child's copy)."""
+        for stream in (self._proc.stdin, self._proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+class VerifierPool:
+    """A few persistent workers shared by all threads of a process; a check takes an idle one."""
+
+    def __init__(self, num_workers: int = 1, memory_mb: int = _WORKER_MEMORY_MB):
+        # they import sympy concurrently while the caller goes on
+        self._workers = [_Worker(memory_mb) for _ in range(num_workers)]
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for worker in self._workers:
+            self._idle.put(worker)
+
+    def check(self, pairs: list[tuple[str, str]], timeout_s: float) -> Verdict:
+        worker = self._idle.get()
+        try:
+            return worker.check(pairs, timeout_s)
+        finally:
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        for worker in self._workers:  # also those busy in other threads: they see a dead worker
+            worker.close()
+
+
+_POOLS: dict[tuple[int, int], VerifierPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _get_pool(num_workers: int) -> VerifierPool:
+    key = (os.getpid(), num_workers)  # a forked child starts its own workers
+    with _POOLS_LOCK:
+        if key not in _POOLS:
+            _POOLS[key] = VerifierPool(num_workers)
+        return _POOLS[key]
+
+
+def _close_pools() -> None:
+    with _POOLS_LOCK:
+        for (pid, _), pool in list(_POOLS.items()):
+            if pid == os.getpid():
+                pool.close()
+        _POOLS.clear()
+
+
+def _forget_parent_pools() -> None:
+    global _POOLS_LOCK  # the parent's lock may have been held by another thread at fork time
+    _POOLS_LOCK = threading.Lock()
+    for pool in _POOLS.values():  # the parent's workers: close our pipe copies, never kill them
+        for worker in pool._workers:
+            worker.forget()
+    _POOLS.clear()
+
+
+if not _IN_WORKER:
+    atexit.register(_close_pools)
+    os.register_at_fork(after_in_child=_forget_parent_pools)
+
+
+def check_equivalence(
+    pred: str, gold: str, timeout_s: float = 5.0, num_workers: int = 1
+) -> Verdict:
+    """Is the answer `pred` equivalent to the reference `gold`? Never raises on bad input.
+
+    Safe from any thread or process; a check that exceeds `timeout_s` is "timeout" (not equal).
+    """
+    p, g = normalize_answer(str(pred)), normalize_answer(str(gold))
+    if not p.text or not g.text:
+        return Verdict(False, "empty")
+    if _units_conflict(p, g):
+        return Verdict(False, "unit_mismatch")
+    if _set_vs_sequence(p, g):
+        return Verdict(False, "not_equal")
+    pairs = _comparison_pairs(p, g)
+    if (equal := _literal_verdict(pairs)) is None and any(a == b for a, b in pairs):
+        equal = True  # identical after normalisation
+    if equal is not None:  # decided without parsing: most answers are plain numbers
+        return Verdict(equal, "equal" if equal else "not_equal")
+    return _get_pool(num_workers).check(pairs, timeout_s)
+
+
+def is_equivalent(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
+    """Boolean form of `check_equivalence` (a timeout is False)."""
+    return check_equivalence(pred, gold, timeout_s).equal
+
+
+# ---- inside the worker process -----------------------------------------------------------------
+
+
+def _numeric_equal(a, b, float_rounding=None, numeric_precision=None) -> bool:
+    """Replacement for `math_verify.grader.sympy_numeric_eq` with relative tolerances.
+
+    Exact vs exact: equal to 40 significant digits (rationals: exactly). Float vs exact: equal to
+    6 significant digits of the exact value. Float vs float: 1e-9 relative. Expressions with free
+    symbols, infinities and anything that fails to evaluate are left to math-verify's symbolic
+    check (False here; an exception would make math-verify skip that check).
+    """
+    try:
+        return _numeric_equal_or_raise(a, b)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _numeric_equal_or_raise(a, b) -> bool:
+    import mpmath
+    import sympy
+    from sympy.matrices import MatrixBase
+
+    if isinstance(a, MatrixBase) or isinstance(b, MatrixBase):
+        a, b = sympy.Matrix(a.doit()), sympy.Matrix(b.doit())  # raises (-> False) if not matrices
+        return a.shape == b.shape and all(_numeric_equal_or_raise(x, y) for x, y in zip(a, b))
+    a, b = a.doit(), b.doit()
+    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
+        return False
+    if a.free_symbols or b.free_symbols:
+        return False
+    if isinstance(a, sympy.Rational) and isinstance(b, sympy.Rational):
+        return a == b
+    with mpmath.workdps(60):
+        x, y = _to_mpc(a), _to_mpc(b)
+        diff, a_float, b_float = abs(x - y), bool(a.atoms(sympy.Float)), bool(b.atoms(sympy.Float))
+        if a_float and b_float:
+            return diff <= mpmath.mpf(float(_FLOAT_REL_TOL)) * max(abs(x), abs(y))
+        if a_float or b_float:
+            exact = abs(y) if a_float else abs(x)
+            if exact == 0:
+                return diff == 0
+            # half a unit in the 6th significant digit of the exact value, plus float slack
+            digit = mpmath.power(10, mpmath.floor(mpmath.log10(exact)) - _FLOAT_DIGITS)
+            return diff <= 5 * digit * (1 + 1e-9)  # slack: binary floats of decimal input
+        return diff <= mpmath.mpf("1e-40") * max(abs(x), abs(y))
+
+
+def _to_mpc(value):
+    import mpmath
+    import sympy
+
+    real, imag = sympy.N(value, 60).as_real_imag()
+    as_mpf = lambda v: mpmath.mpf(sympy.Float(v, 60)._mpf_)  # noqa: E731 - raises on oo / nan
+    return mpmath.mpc(as_mpf(real), as_mpf(imag))
+
+
+def _use_two_stage_parsing() -> None:
+    """Parse LaTeX with ANTLR's SLL prediction first, falling back to full LL on any error.
+
+    The standard ANTLR speed-up (3-4x here: parsing is most of a check's time). ANTLR guarantees
+    that a tree SLL returns is the tree LL would return; SLL raises (through latex2sympy's error
+    listener) where it would need LL, and then we parse again with LL.
+    """
+    from antlr4.atn.PredictionMode import PredictionMode
+    from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
+
+    create_parser, parse_ll = _Latex2Sympy.create_parser, _Latex2Sympy.parse
+
+    def create(self, latex: str):
+        parser = create_parser(self, latex)
+        if getattr(self, "_sll", False):
+            parser._interp.predictionMode = PredictionMode.SLL
+        return parser
+
+    def parse(self, latex: str):
+        self._sll = True
+        try:
+            return parse_ll(self, latex)
+        except Exception:  # noqa: BLE001 - a syntax error in SLL mode: retry with LL
+            pass
+        finally:
+            self._sll = False
+        return parse_ll(self, latex)
+
+    _Latex2Sympy.create_parser, _Latex2Sympy.parse = create, parse
+
+
+def _make_checker():
+    """Import and configure math-verify; returns `check(pred_latex, gold_latex) -> bool`."""
+    import functools
+    import logging
+
+    import math_verify.grader as grader
+    import sympy
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    for name in ("math_verify", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # "timeout disabled" etc.
+    if not hasattr(grader, "sympy_numeric_eq"):
+        raise ImportError("math-verify changed: grader.sympy_numeric_eq is gone; pin the version "
+                          "in pyproject's `math` extra")  # fmt: skip
+    grader.sympy_numeric_eq = _numeric_equal  # looked up at call time by grader.sympy_expr_eq
+    _use_two_stage_parsing()
+
+    latex = LatexExtractionConfig(
+        boxed_match_priority=0,
+        normalization_config=NormalizationConfig(  # units: off, we strip them (module docstring)
+            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all",
+            equations=False),
+    )  # fmt: skip
+    config = [latex, ExprExtractionConfig()]
+
+    @functools.lru_cache(maxsize=4096)  # the k samples of a prompt share the reference
+    def parsed(text: str) -> list:
+        out = []
+        for expr in parse(f"${text}$", extraction_config=config, parsing_timeout=None):
+            units = [s for s in getattr(expr, "free_symbols", ()) if s.name == "i"]
+            out.append(expr.subs({s: sympy.I for s in units}) if units else expr)
+        return out
+
+    def check(pred: str, gold: str) -> bool:
+        gold_parsed, pred_parsed = parsed(gold), parsed(pred)
+        return bool(gold_parsed and pred_parsed and verify(
+            gold_parsed, pred_parsed, strict=True, allow_set_relation_comp=True,
+            timeout_seconds=None))  # fmt: skip
+
+    return check
+
+
+# Common answer shapes, parsed once at start-up: ANTLR caches its predictions per grammar decision,
+# so later parses of similar shapes are several times faster (start-up is not a check's deadline).
+_WARM_UP = (
+    r"\frac{1}{2}", r"-\frac{3}{4}", "(1, 2)", r"[0, \infty)", r"(-\infty, 1) \cup (2, \infty)",
+    r"\{1, 2\}", r"\{\frac{1}{2}, -3\}", "1, 2, 3", "(1, -2, 3)", "x^2+2x+1", "(x+1)(x-2)",
+    r"3\sqrt{2}", r"\sqrt[3]{5}", r"\frac{\sqrt{3}}{2}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}",
+    r"\begin{bmatrix}1\\0\end{bmatrix}", "3+4i", r"\frac{1+i}{2}", "x = 2", "y = 3x - 1",
+    r"x \le 3", r"-1 < x < 2", r"\pm 2", r"1 \pm \sqrt{5}", r"\sin^2 x", r"\cos(2x)", r"\log_2 8",
+    r"\ln(e^3)", r"\binom{5}{2}", "5!", r"2.5 \times 10^{3}", "2^{-9}", r"\frac{\pi}{2}",
+    r"2\pi", r"\text{A}", r"\text{Monday}", "|x|", r"\infty", r"\emptyset", r"\frac{7}{100}",
+)  # fmt: skip
+
+
+def _exit_when_orphaned() -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)  # the caller died mid-check; don't keep computing for nobody
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_main(memory_mb: int) -> None:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = memory_mb << 20 if hard == resource.RLIM_INFINITY else min(memory_mb << 20, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    _exit_when_orphaned()
+    protocol = os.fdopen(os.dup(1), "wb")  # stdout is the protocol; stray prints go to stderr
+    os.dup2(2, 1)
+    check = _make_checker()
+    for text in _WARM_UP:  # ANTLR's prediction cache makes later parses several times faster
+        check(text, text)
+    protocol.write(b"ready\n")
+    protocol.flush()
+    for line in sys.stdin.buffer:
+        try:
+            pairs = json.loads(line)["pairs"]
+            reply = {"equal": any(check(pred, gold) for pred, gold in pairs)}
+        except Exception as exc:  # noqa: BLE001 - report, stay alive
+            reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        protocol.write(json.dumps(reply).encode() + b"\n")
+        protocol.flush()
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The reward
+# ----------------------------------------------------------------------------------------------
+
+_MAX_CANDIDATES = 4  # more distinct boxed answers than this is hedging; don't spend time on it
+
+
+@dataclass
+class MathRewardConfig:
+    fallback: Fallback = field(default="last_number", metadata={
+        "help": "Answer when there is no box and no 'Answer:'/'the answer is': 'last_number', "
+                "'last_math' (last $...$) or 'none' (strict format)."})  # fmt: skip
+    timeout_s: float = field(default=5.0, metadata={
+        "help": "Deadline of one equivalence check, seconds; an overrun scores 0 ('timeout')."})
+    num_workers: int = field(default=1, metadata={
+        "help": "Verifier subprocesses per process (each ~150 MB); 1-2 on a shared machine."})
+    max_answer_chars: int = field(default=500, metadata={
+        "help": "Longer extracted answers score 0 ('answer_too_long') without parsing."})
+
+    def __post_init__(self):
+        if self.fallback not in ("none", "last_number", "last_math"):
+            raise ValueError(f"math reward: fallback={self.fallback!r}; use 'none', "
+                             "'last_number' or 'last_math'")  # fmt: skip
+        if self.timeout_s <= 0 or self.num_workers < 1 or self.max_answer_chars < 1:
+            raise ValueError("math reward: timeout_s, num_workers and max_answer_chars must be "
+                             f"positive (got {self.timeout_s}, {self.num_workers}, "
+                             f"{self.max_answer_chars})")  # fmt: skip
+
+
+def _reference_answer(reference: str) -> str:
+    """A reference written as a worked solution (MATH style) is reduced to its last box."""
+    boxed = _boxed_answers(reference)
+    return boxed[-1] if boxed else reference
+
+
+def _judge(extraction: Extraction, gold: str, config: MathRewardConfig) -> str:
+    """The reason for the score: "correct" or why not."""
+    answers = extraction.answers
+    if not answers:
+        return "no_answer"
+    if len(answers) > _MAX_CANDIDATES:
+        return "multiple_answers"
+    if any(len(a) > config.max_answer_chars for a in answers):
+        return "answer_too_long"
+    for answer in answers:  # every committed answer must be right (module docstring)
+        verdict = check_equivalence(answer, gold, config.timeout_s, config.num_workers)
+        if not verdict.equal:
+            if verdict.reason in ("timeout", "worker_error"):
+                return verdict.reason
+            return "multiple_answers" if len(answers) > 1 else "wrong"
+    return "correct"
+
+
+def score_response(response: str, reference: str | None, config: MathRewardConfig) -> RewardResult:
+    """1.0 if the response's final answer(s) equal the reference, else 0.0; never raises."""
+    info: dict = {"reason": "no_reference", "extracted": None, "source": "none", "num_answers": 0}
+    try:
+        if reference is None or not str(reference).strip():
+            return RewardResult(0.0, info)
+        extraction = extract_answers(response or "", config.fallback)
+        info.update(extracted=extraction.answers[-1] if extraction.answers else None,
+                    source=extraction.source, num_answers=len(extraction.answers))  # fmt: skip
+        info["reason"] = _judge(extraction, _reference_answer(str(reference)), config)
+    except Exception as exc:  # noqa: BLE001 - a reward must never stop the loop
+        info.update(reason="error", error=f"{type(exc).__name__}: {exc}")
+    return RewardResult(1.0 if info["reason"] == "correct" else 0.0, info)
+
+
+def math_reward(**options) -> Reward:
+    """Factory registered as "math": options are `MathRewardConfig` fields."""
+    valid = {f.name for f in fields(MathRewardConfig)}
+    if unknown := set(options) - valid:
+        raise TypeError(f"math reward: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    config = MathRewardConfig(**options)
+
+    def reward(prompts: Sequence[Prompt], responses: Sequence[str]) -> list[RewardResult]:
+        items = [(r, getattr(p, "answer", None)) for p, r in zip(prompts, responses)]
+        if config.num_workers == 1:
+            results = [score_response(r, a, config) for r, a in items]
+        else:
+            with ThreadPoolExecutor(config.num_workers) as pool:
+                results = list(pool.map(lambda item: score_response(*item, config), items))
+        missing = len(prompts) - len(results)  # a caller bug, scored 0 rather than raised
+        return results + [RewardResult(0.0, {"reason": "error", "error": "no response"})
+                          for _ in range(missing)]  # fmt: skip
+
+    return reward
+
+
+if not _IN_WORKER:
+    register_reward("math")(math_reward)
