@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-.venv/bin/python -m pip install --quiet -e ".[dev,math]" 2>&1 | grep -v "is ignored" || true
+# (the grep hides this machine's pip-config warnings about local mirror folders; pip's own exit
+# status still stops the script)
+pip_install() { .venv/bin/python -m pip install --quiet "$@" 2> >(grep -v "is ignored" >&2); }
+pip_install -e ".[dev,math]"
 .venv/bin/python -c "import longrl, torch, transformers; print(f'longrl ready: torch {torch.__version__}, transformers {transformers.__version__}')"

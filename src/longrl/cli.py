@@ -1,4 +1,4 @@
-"""`longrl` command line: train | sft | eval | init.
+"""`longrl` command line: train | sft | eval | init | sandbox serve | testgen.
 
 Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
 field with its type, default and meaning. User errors (config, data, missing model) print one
@@ -113,7 +113,23 @@ def _quiet_libraries() -> None:
     logging.disable_progress_bar()
 
 
-COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_init}
+def cmd_sandbox(argv: list[str]) -> int:
+    if not argv or argv[0] != "serve":
+        print("usage: longrl sandbox serve [--help]", file=sys.stderr)
+        return 2
+    from longrl.sandbox.server import serve_main
+
+    return serve_main(argv[1:])
+
+
+def cmd_testgen(argv: list[str]) -> int:
+    from longrl.sandbox.testgen import testgen_main
+
+    return testgen_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_init,
+            "sandbox": cmd_sandbox, "testgen": cmd_testgen}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,7 @@ class ModelConfig:
 class TinyModelConfig:
     """A small random-init model built from a config (used when `model.path` is empty)."""
 
-    arch: Literal["qwen2", "llama"] = opt("qwen2", "Architecture family of the tiny model.")
+    arch: Literal["qwen2"] = opt("qwen2", "Architecture family of the tiny model.")
     hidden_size: int = opt(128, "Width of the residual stream.")
     num_layers: int = opt(4, "Number of transformer blocks.")
     num_heads: int = opt(4, "Attention heads (key/value heads are the same number).")

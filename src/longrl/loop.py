@@ -63,6 +63,8 @@ def rollout(engine, tokenizer, prompts: list[Prompt], k: int, params: SamplingPa
         "rollout/mean_tokens": tokens / max(len(trajectories), 1),
         "rollout/max_tokens": float(max((t.num_response_tokens for t in trajectories), default=0)),
         "rollout/truncated": sum(t.finish_reason != "stop" for t in trajectories) / max(len(trajectories), 1),
+        # mean negative log-prob of sampled tokens: a sample estimate of the policy's entropy
+        "rollout/token_nll": -sum(sum(t.response_logprobs) for t in trajectories) / max(tokens, 1),
         "perf/rollout_s": elapsed,
         "perf/rollout_tokens_per_s": tokens / max(elapsed, 1e-9),
     }

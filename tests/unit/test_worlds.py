@@ -93,3 +93,16 @@ def test_char_tokenizer_round_trip_and_chat_template():
     chat = tok.apply_chat_template([{"role": "user", "content": "1+2"}], add_generation_prompt=True, tokenize=False)
     assert chat == "<|user|>1+2<|end|><|assistant|>"
     assert tok.eos_token == "<|end|>" and tok.pad_token_id != tok.eos_token_id
+
+
+def test_saved_tokenizer_loads_back_identically_with_auto_tokenizer(tiny_model_dir):
+    # AutoTokenizer picks the class from the model type (Qwen2Tokenizer) and rebuilds the
+    # pre-tokenizer; the saved tokenizer must still split text exactly as the built one does.
+    from transformers import AutoTokenizer
+
+    built, loaded = build_char_tokenizer(), AutoTokenizer.from_pretrained(tiny_model_dir)
+    for text in ["347+285\n7+5+0=12 c1\nA: 632", "  two  spaces\n\nand é", "<|user|>1+2<|end|>"]:
+        assert loaded(text, add_special_tokens=False).input_ids == built(text, add_special_tokens=False).input_ids
+        assert loaded.decode(loaded(text, add_special_tokens=False).input_ids) == text
+    assert len(loaded) == len(built)
+    assert (loaded.pad_token_id, loaded.eos_token_id) == (built.pad_token_id, built.eos_token_id)

@@ -20,7 +20,7 @@ never draws them, so the split holds whatever the sizes and seeds.
 
 The module also builds the kit a tiny model needs: a character-level tokenizer (Hugging Face
 `tokenizers`, saved as a normal tokenizer directory with a chat template) and a small random-init
-Qwen2 or Llama model saved as a Hugging Face model directory.
+Qwen2 model saved as a Hugging Face model directory.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def world_reward(**_options):
 # Tokenizer and tiny model
 # ----------------------------------------------------------------------------------------------
 
-SPECIAL_TOKENS = ["<|pad|>", "<|unk|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -192,18 +192,25 @@ CHAT_TEMPLATE = (
 
 
 def build_char_tokenizer():
-    """A character-level tokenizer over printable ASCII + newline, as a transformers tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A character-level tokenizer: byte-level BPE with the 256 byte symbols and no merges.
+
+    Byte-level BPE is the scheme of Qwen2's own tokenizer, so `AutoTokenizer` (which loads a
+    Qwen2 model directory's tokenizer as `Qwen2Tokenizer`, whatever class saved it) and any other
+    tool rebuild exactly this tokenizer; with no merges every ASCII character is one token.
+    `<|endoftext|>` is in the vocabulary because `Qwen2Tokenizer` uses it as its unknown token.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = [chr(i) for i in range(32, 127)] + ["\n"]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<|unk|>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
     core.add_special_tokens(SPECIAL_TOKENS)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<|pad|>", unk_token="<|unk|>", eos_token="<|end|>")
+        tokenizer_object=core, pad_token="<|pad|>", unk_token="<|endoftext|>", eos_token="<|end|>")
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -211,12 +218,9 @@ def build_char_tokenizer():
 def build_tiny_model(config: TinyModelConfig, tokenizer, seed: int = 0):
     """A random-init causal LM of `config`'s shape for `tokenizer`'s vocabulary."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    config_cls, model_cls = {
-        "qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)
-    }[config.arch]
-    model_config = config_cls(
+    model_config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_heads, intermediate_size=config.intermediate_size,
@@ -224,7 +228,7 @@ def build_tiny_model(config: TinyModelConfig, tokenizer, seed: int = 0):
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
-    return model_cls(model_config)
+    return Qwen2ForCausalLM(model_config)
 
 
 def save_tiny_model(config: TinyModelConfig, out_dir: str | Path, seed: int = 0) -> Path:
