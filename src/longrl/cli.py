@@ -37,9 +37,9 @@ def cmd_train(argv: list[str]) -> int:
     parser = _config_parser("longrl train", RunConfig, "Run RL (online policy mirror descent, SPEC §3).")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.resume:
-        run = loop.resume(args.resume)
+        run = loop.resume(args.resume, [a for a in (args.config, *args.overrides) if a])
     else:
         path, overrides = _split_config_arg(args)
         run = loop.setup(load_config(RunConfig, path, overrides))
@@ -59,7 +59,7 @@ def cmd_sft(argv: list[str]) -> int:
 
     parser = _config_parser("longrl sft", SFTConfig, "Supervised warm-up on verified traces (SPEC §2).")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     path, overrides = _split_config_arg(args)
     config = load_config(SFTConfig, path, overrides)
     metrics = run_sft(config, show_progress=not args.no_progress)
@@ -71,18 +71,18 @@ def cmd_sft(argv: list[str]) -> int:
 def cmd_eval(argv: list[str]) -> int:
     from longrl.data.worlds import World
     from longrl.evaluate import evaluate
-    from longrl.models import load_model, load_tokenizer
+    from longrl.models import load_policy
     from longrl.rewards.registry import get_reward
     from longrl.rollout.engine import HFEngine
 
     parser = _config_parser("longrl eval", RunConfig,
                             "Evaluate a model on the held-out split: pass@1 over n samples, pass@k, mean tokens.")
     parser.add_argument("--model", required=True, help="Hugging Face model directory to evaluate")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     path, overrides = _split_config_arg(args)
     config = load_config(RunConfig, path, overrides)
-    tokenizer = load_tokenizer(args.model)
-    engine = HFEngine(load_model(args.model, config.model.dtype), tokenizer, config.rollout.batch_size, config.seed)
+    model, tokenizer = load_policy(args.model, config.model.dtype)
+    engine = HFEngine(model, tokenizer, config.rollout.batch_size, config.seed)
     rewards = {n: (get_reward(n), w) for n, w in zip(config.reward.names, config.reward.weights)}
     metrics = evaluate(engine, tokenizer, World(config.world).eval_prompts(), rewards, config.eval)
     print(json.dumps(metrics, indent=2))
@@ -96,7 +96,7 @@ def cmd_init(argv: list[str]) -> int:
                             "Build the character tokenizer and a tiny random model as a HF model directory.")
     parser.add_argument("--out", required=True, help="directory to write")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     path, overrides = _split_config_arg(args)
     out = save_tiny_model(load_config(TinyModelConfig, path, overrides), args.out, args.seed)
     print(f"tiny model written to {out}")

@@ -64,6 +64,9 @@ class WorldConfig:
     max_level: int = opt(3, "Highest difficulty level.")
     train_size: int = opt(20000, "Training prompts drawn for the run's pool.")
     eval_size: int = opt(200, "Held-out prompts, disjoint from anything trained on.")
+    direct_fraction: float = opt(
+        0.0, "Share of SFT examples that state the answer with no chain of thought (`A: 632`). "
+             "A mix lets RL discover that reasoning first pays (the tiny model cannot add in one step).")
     train_file: str = opt("", "Optional JSONL of prompts (`id`, `text`, `answer`) instead of the "
                           "procedural generator.")
     seed: int = opt(0, "Seed of the task generator.")

@@ -27,7 +27,7 @@ from longrl.data.sources import load_prompts
 from longrl.data.worlds import World
 from longrl.evaluate import evaluate
 from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
-from longrl.models import encode_prompt, load_model, load_tokenizer
+from longrl.models import encode_prompt, load_policy
 from longrl.rewards.registry import get_reward, score_batch
 from longrl.rollout.engine import HFEngine
 from longrl.sampler import UniformSampler
@@ -138,8 +138,7 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     run_dir = Path(config.out_dir) / config.name
-    tokenizer = load_tokenizer(model_path or config.model.path)
-    model = load_model(model_path or config.model.path, config.model.dtype)
+    model, tokenizer = load_policy(model_path or config.model.path, config.model.dtype)
     engine = HFEngine(copy.deepcopy(model), tokenizer, config.rollout.batch_size, seed=config.seed)
     trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
                       temperature=config.rollout.temperature, seed=config.seed)
@@ -153,8 +152,9 @@ def save_checkpoint(run: Run, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     run.trainer.model.save_pretrained(path)
     run.tokenizer.save_pretrained(path)
+    optimizer = None if run.config.train.reset_optimizer else run.trainer.optimizer.state_dict()
     torch.save({
-        "iteration": run.iteration, "sampler": run.sampler.state_dict(), "buffer": run.buffer.state_dict(),
+        "iteration": run.iteration, "optimizer": optimizer, "sampler": run.sampler.state_dict(), "buffer": run.buffer.state_dict(),
         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
         "engine_rng": run.engine.generator.get_state(), "trainer_rng": run.trainer.rng.getstate(),
     }, path / "trainer_state.pt")
@@ -165,10 +165,13 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resume(run_dir: str | Path) -> Run:
-    """Rebuild a run from its directory alone: its config and its latest checkpoint."""
+def resume(run_dir: str | Path, overrides: list[str] = ()) -> Run:
+    """Rebuild a run from its directory alone: its config and its latest checkpoint.
+
+    `overrides` change the saved config, e.g. `iterations=200` to train further.
+    """
     run_dir = Path(run_dir)
-    config = load_config(RunConfig, run_dir / "config.toml")
+    config = load_config(RunConfig, run_dir / "config.toml", overrides)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from in checkpoints/")
@@ -182,6 +185,8 @@ def resume(run_dir: str | Path) -> Run:
     torch.set_rng_state(state["torch_rng"])
     run.engine.generator.set_state(state["engine_rng"])
     run.trainer.rng.setstate(state["trainer_rng"])
+    if state["optimizer"] is not None:
+        run.trainer.optimizer.load_state_dict(state["optimizer"])
     return run
 
 

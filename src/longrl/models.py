@@ -44,6 +44,16 @@ def load_model(path: str | Path, dtype: str = "float32"):
     return model
 
 
+def load_policy(path: str | Path, dtype: str = "float32"):
+    """(model, tokenizer) of a model directory, checked to agree on the vocabulary."""
+    tokenizer, model = load_tokenizer(path), load_model(path, dtype)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                         f"{rows}; the tokenizer does not belong to this model")
+    return model, tokenizer
+
+
 def encode_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of a user message wrapped in the tokenizer's chat template, ready to answer."""
     if tokenizer.chat_template:

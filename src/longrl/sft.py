@@ -4,7 +4,8 @@ Each example is the chat-formatted prompt followed by its trace and the end toke
 are masked from the loss, and several examples are packed into one row (their positions restart
 so attention stays inside each example). The loss is the mean token cross-entropy over trace
 tokens; the learning rate warms up linearly and decays with a cosine to a tenth of its peak.
-The world's traces are verified by construction (they are computed, not sampled).
+The world's traces are verified by construction (they are computed, not sampled). With
+`world.direct_fraction` > 0 some examples answer directly, with no chain of thought.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from longrl.trainer import pack
 from longrl.types import Prompt
 
 
-def sft_example(tokenizer, prompt: Prompt) -> tuple[list[int], list[float]]:
-    """(token ids, loss mask) of prompt + trace + end token; the mask is 1 on the trace."""
+def sft_example(tokenizer, prompt: Prompt, direct: bool = False) -> tuple[list[int], list[float]]:
+    """(token ids, loss mask) of prompt + trace + end token; the mask is 1 on the trace.
+
+    `direct` uses the answer-only trace instead of the chain of thought.
+    """
     prompt_ids = encode_prompt(tokenizer, prompt.text)
-    trace_ids = tokenizer(prompt.meta["trace"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    trace = prompt.meta["direct" if direct else "trace"]
+    trace_ids = tokenizer(trace, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     return prompt_ids + trace_ids, [0.0] * len(prompt_ids) + [1.0] * len(trace_ids)
 
 
@@ -76,7 +81,7 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     for step in bar:
         examples, budget = [], config.rows_per_step * config.row_tokens
         while budget > 0:
-            ids, mask = sft_example(tokenizer, rng.choice(pool))
+            ids, mask = sft_example(tokenizer, rng.choice(pool), rng.random() < config.world.direct_fraction)
             examples.append((ids, mask))
             budget -= len(ids)
         rows = pack([e[0] for e in examples], [[e[1] for e in examples]], config.row_tokens,
@@ -93,6 +98,7 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
             row = {"step": step, "sft/loss": loss.item(), "sft/lr": lr_at(step, config),
                    "perf/train_tokens_per_s": tokens / (time.perf_counter() - start)}
             log.write(json.dumps(row) + "\n")
+            log.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     log.close()
     model.eval()

@@ -8,7 +8,8 @@ an exact verifier (the `world` reward). Task families and what their difficulty 
     mul    a * d, `a` of `level` digits times one digit, column by column with carries
     chain  the sum of `level` numbers of 1-2 digits, one partial sum per line
 
-A trace ends with one answer line `A: <number>`. For example, `347+285`:
+A trace ends with one answer line `A: <number>`; a *direct* trace is that line alone, with no chain
+of thought. For example, `347+285`:
 
     7+5+0=12 c1
     4+8+1=13 c1
@@ -134,7 +135,7 @@ class World:
                     id=f"{task}:{text}", text=text, answer=str(answer),
                     tags=[f"task:{task}", f"level:{level}"],
                     difficulty=(level - self.config.min_level) / span, source="world",
-                    meta={"trace": format_trace(lines, answer)})
+                    meta={"trace": format_trace(lines, answer), "direct": format_trace([], answer)})
 
     def train_prompts(self, n: int, seed_offset: int = 0) -> list[Prompt]:
         """`n` training prompts (repeats possible for small spaces), never held-out ones."""
