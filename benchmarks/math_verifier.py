@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from longrl.rewards import math as math_reward
+from longrl.rewards import math_worker
 from longrl.rewards.math import check_equivalence
 
 PAIRS_FILE = Path(__file__).resolve().parents[1] / "tests" / "unit" / "math_pairs.py"
@@ -51,7 +51,7 @@ def shifted(pairs):
 def worker_cpu_seconds() -> float:
     """CPU time used so far by our verifier's worker processes (Linux /proc)."""
     total = 0.0
-    for pool in math_reward._POOLS.values():  # private: a benchmark may look inside
+    for pool in math_worker._POOLS.values():  # private: a benchmark may look inside
         for worker in pool._workers:
             fields = Path(f"/proc/{worker._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime+stime

@@ -13,12 +13,12 @@ from safetensors.torch import load_file
 
 from longrl.cli import main
 
-SFT = ["tiny.hidden_size=64", "tiny.num_layers=2", "tiny.intermediate_size=256", "steps=120", "lr=3e-3",
-       "rows_per_step=16", "row_tokens=256", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
+SFT = ["tiny.hidden_size=128", "tiny.num_layers=2", "tiny.intermediate_size=512", "steps=200", "lr=3e-3",
+       "rows_per_step=32", "row_tokens=256", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
        "world.direct_fraction=0.5", "eval.num_prompts=50", "eval.n_samples=2", "log_every=20"]
 RL = ["iterations=12", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
       "rollout.prompts_per_iter=16", "rollout.samples_per_prompt=8", "rollout.max_new_tokens=48",
-      "train.lr=2e-4", "train.mini_batch_size=32", "train.row_tokens=256", "eval.every=0",
+      "train.lr=5e-5", "train.mini_batch_size=32", "train.row_tokens=256", "eval.every=0",
       "eval.num_prompts=50", "eval.n_samples=2", "eval.max_new_tokens=48", "checkpoint_every=6"]
 
 

@@ -16,9 +16,12 @@ import pytest
 
 pytest.importorskip("math_verify")
 
-from longrl.rewards import get_reward  # noqa: E402
-from longrl.rewards import math as math_reward_module  # noqa: E402
-from longrl.rewards.math import (  # noqa: E402
+from longrl.rewards import (
+    get_reward,
+    math_worker,
+)
+from longrl.rewards import math as math_reward_module
+from longrl.rewards.math import (
     MathRewardConfig,
     check_equivalence,
     extract_answer,
@@ -27,11 +30,11 @@ from longrl.rewards.math import (  # noqa: E402
     normalize_answer,
     score_response,
 )
-from longrl.rewards.registry import available_rewards  # noqa: E402
-from longrl.types import Prompt  # noqa: E402
+from longrl.rewards.registry import available_rewards
+from longrl.types import Prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
-from math_pairs import PAIRS  # noqa: E402
+from math_pairs import PAIRS
 
 PATHOLOGICAL = "9^{9^{9}}"  # 370 million digits: sympy computes it for minutes
 
@@ -268,7 +271,7 @@ def trees():
             out.append(type(exc).__name__)
     return out
 ll = trees()
-path = {math_reward_module.__file__!r}
+path = {math_worker.__file__!r}
 spec = importlib.util.spec_from_file_location("_longrl_math_worker", path)
 module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -279,3 +282,17 @@ print(sum(a != b for a, b in zip(ll, two_stage)), len(texts))
     out = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True,
                          timeout=120, check=True).stdout.split()  # fmt: skip
     assert out[0] == "0" and int(out[1]) > 300
+
+
+def test_worker_module_loads_without_the_longrl_package():
+    """The worker loads math_worker.py by path: it must not pull in `longrl` (and torch)."""
+    script = f"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("_longrl_math_worker", {math_worker.__file__!r})
+module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("longrl", "torch", "sympy")))
+"""
+    out = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.strip()  # fmt: skip
+    assert out == "[]"

@@ -11,10 +11,11 @@ check is in three layers, each a small pure function:
    commands, thousands separators, trailing period, degrees, `$`, units (`5 \\text{ cm}` -> `5`,
    remembering the unit), percent (`50\\%` -> `50`, remembering the sign), mixed numbers, plain
    text written as LaTeX (`pi/2` -> `\\pi/2`, `sqrt(2)`, `1e-7`), choice letters (`\\textbf{(B)}`).
-3. `check_equivalence`: `math_verify.parse` + `math_verify.verify` (pinned, see the `math` extra)
-   in a persistent worker subprocess with a per-check deadline; a worker that overruns is killed
-   and replaced. This is why the check works from any thread or process: math-verify's own
-   timeout uses `signal.alarm`, which only works in the main thread, so we call it with its
+3. `check_equivalence`: plain numbers are compared here; everything else goes to
+   `math_verify.parse` + `math_verify.verify` (pinned, see the `math` extra) in a persistent
+   worker subprocess with a per-check deadline (`math_worker.py`); a worker that overruns is
+   killed and replaced. This is why the check works from any thread or process: math-verify's
+   own timeout uses `signal.alarm`, which only works in the main thread, so we call it with its
    timeouts disabled and enforce ours from outside. The worker also has an address-space limit,
    so an answer like `9^{9^{9}}` cannot take the trainer's memory with it.
 
@@ -43,40 +44,36 @@ Deviations from plain math-verify (each one has a labelled case in tests/unit/ma
 - Several boxed answers: correct only if every one is equivalent to the reference. Among
   "Answer:" lines and "the answer is" phrases only the last counts: long chains of thought state
   and retract intermediate answers, a box is the explicit final commitment.
-- Speed: the worker parses LaTeX with ANTLR's two-stage SLL-then-LL strategy (same trees, 3-4x
-  faster; tested on every string of the suite).
+- Speed (no verdict changes, see math_worker.py): two-stage SLL-then-LL parsing, no `simplify`
+  for two constants already found different numerically, a parser warmed up at start-up.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import os
-import queue
+import importlib.util
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Literal
 
-# The worker loads this file by path under this name, without the `longrl` package: the package
-# imports torch (through `longrl.types`), which would add seconds and hundreds of MB per worker.
-_WORKER_MODULE = "_longrl_math_worker"
-_IN_WORKER = __name__ == _WORKER_MODULE
+if importlib.util.find_spec("math_verify") is None:  # the registry skips us on ImportError
+    raise ImportError("the math reward needs math-verify: pip install 'longrl[math]'")
 
-if not _IN_WORKER:
-    import importlib.util
+from longrl.rewards.math_worker import (
+    FLOAT_DIGITS,
+    FLOAT_REL_TOL,
+    Verdict,
+    VerifierPool,
+    check_pairs,
+)
+from longrl.rewards.registry import Reward, register_reward
+from longrl.types import Prompt, RewardResult
 
-    if importlib.util.find_spec("math_verify") is None:  # the registry skips us on ImportError
-        raise ImportError("the math reward needs math-verify: pip install 'longrl[math]'")
-    from longrl.rewards.registry import Reward, register_reward
-    from longrl.types import Prompt, RewardResult
+__all__ = ["Extraction", "MathRewardConfig", "NormalizedAnswer", "Verdict", "VerifierPool",
+           "check_equivalence", "extract_answer", "extract_answers", "is_equivalent",
+           "math_reward", "normalize_answer", "score_response"]  # fmt: skip
 
 Fallback = Literal["none", "last_number", "last_math"]
 
@@ -365,7 +362,7 @@ def normalize_answer(answer: str) -> NormalizedAnswer:
 
 def _units_conflict(a: NormalizedAnswer, b: NormalizedAnswer) -> bool:
     known = set(_UNIT_ALIASES.values())
-    base = lambda u: u.split("^")[0] if u else None  # noqa: E731
+    base = lambda u: u.split("^")[0] if u else None
     return bool(a.unit and b.unit and base(a.unit) in known and base(b.unit) in known
                 and a.unit != b.unit)  # fmt: skip
 
@@ -376,14 +373,12 @@ def _set_vs_sequence(a: NormalizedAnswer, b: NormalizedAnswer) -> bool:
     math-verify accepts a bare list `1, 2` for a `(1,2)` reference (a point written without its
     parentheses) and parses `\\{1,2\\}` to the same set, so the braces are checked here.
     """
-    is_set = lambda t: t.startswith(r"\{") and t.endswith(r"\}")  # noqa: E731
-    is_sequence = lambda t: t[:1] in "([" and t[-1:] in ")]" and "," in t  # noqa: E731
+    is_set = lambda t: t.startswith(r"\{") and t.endswith(r"\}")
+    is_sequence = lambda t: t[:1] in "([" and t[-1:] in ")]" and "," in t
     return (is_set(a.text) and is_sequence(b.text)) or (is_sequence(a.text) and is_set(b.text))
 
 
 # Plain numbers are compared here, exactly, without parsing. A decimal point makes a float.
-_FLOAT_DIGITS = 6  # a float against an exact value: agree to this many significant digits
-_FLOAT_REL_TOL = Fraction(1, 10**9)  # two floats: equal as written, up to representation noise
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _LITERALS = (  # (pattern, how to get (numerator, denominator, exponent of 10) from its groups)
     (re.compile(rf"^({_NUM})$"), lambda m: (m[1], "1", "0")),
@@ -421,15 +416,16 @@ def _floor_log10(value: Fraction) -> int:
 
 
 def _literals_equal(x: tuple[Fraction, bool], y: tuple[Fraction, bool]) -> bool:
-    """The tolerance rule of the module docstring; `_numeric_equal` applies it to expressions."""
+    """The tolerance rule of the module docstring; `math_worker._numeric_verdict` applies it to
+    expressions."""
     (a, a_float), (b, b_float) = x, y
     if a_float and b_float:
-        return abs(a - b) <= _FLOAT_REL_TOL * max(abs(a), abs(b))
+        return abs(a - b) <= FLOAT_REL_TOL * max(abs(a), abs(b))
     if a_float or b_float:
         exact = abs(b if a_float else a)
         if exact == 0:
             return a == b
-        return abs(a - b) <= 5 * Fraction(10) ** (_floor_log10(exact) - _FLOAT_DIGITS)
+        return abs(a - b) <= 5 * Fraction(10) ** (_floor_log10(exact) - FLOAT_DIGITS)
     return a == b
 
 
@@ -442,7 +438,7 @@ def _literal_verdict(pairs: list[tuple[str, str]]) -> bool | None:
 
 def _comparison_pairs(pred: NormalizedAnswer, gold: NormalizedAnswer) -> list[tuple[str, str]]:
     """(pred, gold) LaTeX pairs to try; equal if any is. Only percent gives more than one."""
-    pct = lambda s: rf"\frac{{{s}}}{{100}}"  # noqa: E731 - not `x\%`: only numbers get that
+    pct = lambda s: rf"\frac{{{s}}}{{100}}"
     if pred.percent == gold.percent:
         return [(pred.text, gold.text)]
     if gold.percent:  # 0.5 or 50 for 50%
@@ -451,157 +447,8 @@ def _comparison_pairs(pred: NormalizedAnswer, gold: NormalizedAnswer) -> list[tu
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Equivalence: math-verify in worker subprocesses with a deadline
+# 3. Equivalence: plain numbers here, everything else in a worker subprocess (math_worker.py)
 # ----------------------------------------------------------------------------------------------
-
-_STARTUP_TIMEOUT_S = 120.0  # importing sympy on a loaded machine; not part of a check's deadline
-_WORKER_MEMORY_MB = 3072  # address-space limit of a worker; an overrun is a MemoryError there
-# Load this file by path (see _WORKER_MODULE); -P keeps the working directory off sys.path.
-_BOOTSTRAP = (
-    "import importlib.util as u, sys; s = u.spec_from_file_location(%r, sys.argv[1]); "
-    "m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m); "
-    "m._worker_main(int(sys.argv[2]))" % _WORKER_MODULE
-)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    equal: bool
-    reason: str  # "equal" | "not_equal" | "unit_mismatch" | "empty" | "timeout" | "worker_error"
-
-
-class _Worker:
-    """One verifier subprocess speaking JSON lines. Used by one thread at a time (the pool)."""
-
-    def __init__(self, memory_mb: int):
-        self._memory_mb = memory_mb
-        self._start()
-
-    def _start(self) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-P", "-c", _BOOTSTRAP, __file__, str(self._memory_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-        )  # fmt: skip
-        self._buffer, self._ready = b"", False
-
-    def _read_line(self, deadline: float) -> bytes | None:
-        """The next line from the worker, None at the deadline; EOFError if the worker died."""
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                return None
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                raise EOFError("verifier worker exited")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return line
-
-    def _await_ready(self) -> None:
-        if self._ready:
-            return
-        try:
-            ready = self._read_line(time.monotonic() + _STARTUP_TIMEOUT_S) == b"ready"
-        except EOFError:
-            ready = False
-        if not ready:
-            self.restart()  # the next check tries a fresh process
-            raise RuntimeError("math verifier worker did not start (its stderr says why); is "
-                               "math-verify installed? pip install 'longrl[math]'")  # fmt: skip
-        self._ready = True
-
-    def check(self, pairs: list[tuple[str, str]], timeout_s: float) -> Verdict:
-        self._await_ready()  # a restart's startup time is not charged to the check
-        try:
-            self._proc.stdin.write(json.dumps({"pairs": pairs}).encode() + b"\n")
-            self._proc.stdin.flush()
-            line = self._read_line(time.monotonic() + timeout_s)
-            reply = None if line is None else json.loads(line)
-        except (EOFError, OSError, ValueError):  # crashed (e.g. C stack overflow in sympy)
-            self.restart()
-            return Verdict(False, "worker_error")
-        if reply is None:
-            self.restart()  # the only way to stop a computation that is stuck in sympy
-            return Verdict(False, "timeout")
-        if "error" in reply:  # an exception inside math-verify; the worker is fine
-            return Verdict(False, "worker_error")
-        return Verdict(bool(reply["equal"]), "equal" if reply["equal"] else "not_equal")
-
-    def restart(self) -> None:
-        self.close()
-        self._start()
-
-    def close(self) -> None:
-        self._proc.kill()
-        self._proc.wait()
-        self.forget()
-
-    def forget(self) -> None:
-        """Close our ends of the pipes without touching the process (a forked child's copy)."""
-        for stream in (self._proc.stdin, self._proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-
-class VerifierPool:
-    """A few persistent workers shared by all threads of a process; a check takes an idle one."""
-
-    def __init__(self, num_workers: int = 1, memory_mb: int = _WORKER_MEMORY_MB):
-        # they import sympy concurrently while the caller goes on
-        self._workers = [_Worker(memory_mb) for _ in range(num_workers)]
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
-        for worker in self._workers:
-            self._idle.put(worker)
-
-    def check(self, pairs: list[tuple[str, str]], timeout_s: float) -> Verdict:
-        worker = self._idle.get()
-        try:
-            return worker.check(pairs, timeout_s)
-        finally:
-            self._idle.put(worker)
-
-    def close(self) -> None:
-        for worker in self._workers:  # also those busy in other threads: they see a dead worker
-            worker.close()
-
-
-_POOLS: dict[tuple[int, int], VerifierPool] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _get_pool(num_workers: int) -> VerifierPool:
-    key = (os.getpid(), num_workers)  # a forked child starts its own workers
-    with _POOLS_LOCK:
-        if key not in _POOLS:
-            _POOLS[key] = VerifierPool(num_workers)
-        return _POOLS[key]
-
-
-def _close_pools() -> None:
-    with _POOLS_LOCK:
-        for (pid, _), pool in list(_POOLS.items()):
-            if pid == os.getpid():
-                pool.close()
-        _POOLS.clear()
-
-
-def _forget_parent_pools() -> None:
-    global _POOLS_LOCK  # the parent's lock may have been held by another thread at fork time
-    _POOLS_LOCK = threading.Lock()
-    for pool in _POOLS.values():  # the parent's workers: close our pipe copies, never kill them
-        for worker in pool._workers:
-            worker.forget()
-    _POOLS.clear()
-
-
-if not _IN_WORKER:
-    atexit.register(_close_pools)
-    os.register_at_fork(after_in_child=_forget_parent_pools)
-
 
 def check_equivalence(
     pred: str, gold: str, timeout_s: float = 5.0, num_workers: int = 1
@@ -622,190 +469,13 @@ def check_equivalence(
         equal = True  # identical after normalisation
     if equal is not None:  # decided without parsing: most answers are plain numbers
         return Verdict(equal, "equal" if equal else "not_equal")
-    return _get_pool(num_workers).check(pairs, timeout_s)
+    return check_pairs(pairs, timeout_s, num_workers)
 
 
 def is_equivalent(pred: str, gold: str, timeout_s: float = 5.0) -> bool:
     """Boolean form of `check_equivalence` (a timeout is False)."""
     return check_equivalence(pred, gold, timeout_s).equal
 
-
-# ---- inside the worker process -----------------------------------------------------------------
-
-
-def _numeric_equal(a, b, float_rounding=None, numeric_precision=None) -> bool:
-    """Replacement for `math_verify.grader.sympy_numeric_eq` with relative tolerances.
-
-    Exact vs exact: equal to 40 significant digits (rationals: exactly). Float vs exact: equal to
-    6 significant digits of the exact value. Float vs float: 1e-9 relative. Expressions with free
-    symbols, infinities and anything that fails to evaluate are left to math-verify's symbolic
-    check (False here; an exception would make math-verify skip that check).
-    """
-    try:
-        return _numeric_equal_or_raise(a, b)
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _numeric_equal_or_raise(a, b) -> bool:
-    import mpmath
-    import sympy
-    from sympy.matrices import MatrixBase
-
-    if isinstance(a, MatrixBase) or isinstance(b, MatrixBase):
-        a, b = sympy.Matrix(a.doit()), sympy.Matrix(b.doit())  # raises (-> False) if not matrices
-        return a.shape == b.shape and all(_numeric_equal_or_raise(x, y) for x, y in zip(a, b))
-    a, b = a.doit(), b.doit()
-    if not (isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)):
-        return False
-    if a.free_symbols or b.free_symbols:
-        return False
-    if isinstance(a, sympy.Rational) and isinstance(b, sympy.Rational):
-        return a == b
-    with mpmath.workdps(60):
-        x, y = _to_mpc(a), _to_mpc(b)
-        diff, a_float, b_float = abs(x - y), bool(a.atoms(sympy.Float)), bool(b.atoms(sympy.Float))
-        if a_float and b_float:
-            return diff <= mpmath.mpf(float(_FLOAT_REL_TOL)) * max(abs(x), abs(y))
-        if a_float or b_float:
-            exact = abs(y) if a_float else abs(x)
-            if exact == 0:
-                return diff == 0
-            # half a unit in the 6th significant digit of the exact value, plus float slack
-            digit = mpmath.power(10, mpmath.floor(mpmath.log10(exact)) - _FLOAT_DIGITS)
-            return diff <= 5 * digit * (1 + 1e-9)  # slack: binary floats of decimal input
-        return diff <= mpmath.mpf("1e-40") * max(abs(x), abs(y))
-
-
-def _to_mpc(value):
-    import mpmath
-    import sympy
-
-    real, imag = sympy.N(value, 60).as_real_imag()
-    as_mpf = lambda v: mpmath.mpf(sympy.Float(v, 60)._mpf_)  # noqa: E731 - raises on oo / nan
-    return mpmath.mpc(as_mpf(real), as_mpf(imag))
-
-
-def _use_two_stage_parsing() -> None:
-    """Parse LaTeX with ANTLR's SLL prediction first, falling back to full LL on any error.
-
-    The standard ANTLR speed-up (3-4x here: parsing is most of a check's time). ANTLR guarantees
-    that a tree SLL returns is the tree LL would return; SLL raises (through latex2sympy's error
-    listener) where it would need LL, and then we parse again with LL.
-    """
-    from antlr4.atn.PredictionMode import PredictionMode
-    from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
-
-    create_parser, parse_ll = _Latex2Sympy.create_parser, _Latex2Sympy.parse
-
-    def create(self, latex: str):
-        parser = create_parser(self, latex)
-        if getattr(self, "_sll", False):
-            parser._interp.predictionMode = PredictionMode.SLL
-        return parser
-
-    def parse(self, latex: str):
-        self._sll = True
-        try:
-            return parse_ll(self, latex)
-        except Exception:  # noqa: BLE001 - a syntax error in SLL mode: retry with LL
-            pass
-        finally:
-            self._sll = False
-        return parse_ll(self, latex)
-
-    _Latex2Sympy.create_parser, _Latex2Sympy.parse = create, parse
-
-
-def _make_checker():
-    """Import and configure math-verify; returns `check(pred_latex, gold_latex) -> bool`."""
-    import functools
-    import logging
-
-    import math_verify.grader as grader
-    import sympy
-    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
-
-    for name in ("math_verify", "latex2sympy2_extended"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # "timeout disabled" etc.
-    if not hasattr(grader, "sympy_numeric_eq"):
-        raise ImportError("math-verify changed: grader.sympy_numeric_eq is gone; pin the version "
-                          "in pyproject's `math` extra")  # fmt: skip
-    grader.sympy_numeric_eq = _numeric_equal  # looked up at call time by grader.sympy_expr_eq
-    _use_two_stage_parsing()
-
-    latex = LatexExtractionConfig(
-        boxed_match_priority=0,
-        normalization_config=NormalizationConfig(  # units: off, we strip them (module docstring)
-            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all",
-            equations=False),
-    )  # fmt: skip
-    config = [latex, ExprExtractionConfig()]
-
-    @functools.lru_cache(maxsize=4096)  # the k samples of a prompt share the reference
-    def parsed(text: str) -> list:
-        out = []
-        for expr in parse(f"${text}$", extraction_config=config, parsing_timeout=None):
-            units = [s for s in getattr(expr, "free_symbols", ()) if s.name == "i"]
-            out.append(expr.subs({s: sympy.I for s in units}) if units else expr)
-        return out
-
-    def check(pred: str, gold: str) -> bool:
-        gold_parsed, pred_parsed = parsed(gold), parsed(pred)
-        return bool(gold_parsed and pred_parsed and verify(
-            gold_parsed, pred_parsed, strict=True, allow_set_relation_comp=True,
-            timeout_seconds=None))  # fmt: skip
-
-    return check
-
-
-# Common answer shapes, parsed once at start-up: ANTLR caches its predictions per grammar decision,
-# so later parses of similar shapes are several times faster (start-up is not a check's deadline).
-_WARM_UP = (
-    r"\frac{1}{2}", r"-\frac{3}{4}", "(1, 2)", r"[0, \infty)", r"(-\infty, 1) \cup (2, \infty)",
-    r"\{1, 2\}", r"\{\frac{1}{2}, -3\}", "1, 2, 3", "(1, -2, 3)", "x^2+2x+1", "(x+1)(x-2)",
-    r"3\sqrt{2}", r"\sqrt[3]{5}", r"\frac{\sqrt{3}}{2}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}",
-    r"\begin{bmatrix}1\\0\end{bmatrix}", "3+4i", r"\frac{1+i}{2}", "x = 2", "y = 3x - 1",
-    r"x \le 3", r"-1 < x < 2", r"\pm 2", r"1 \pm \sqrt{5}", r"\sin^2 x", r"\cos(2x)", r"\log_2 8",
-    r"\ln(e^3)", r"\binom{5}{2}", "5!", r"2.5 \times 10^{3}", "2^{-9}", r"\frac{\pi}{2}",
-    r"2\pi", r"\text{A}", r"\text{Monday}", "|x|", r"\infty", r"\emptyset", r"\frac{7}{100}",
-)  # fmt: skip
-
-
-def _exit_when_orphaned() -> None:
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)  # the caller died mid-check; don't keep computing for nobody
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _worker_main(memory_mb: int) -> None:
-    import resource
-
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    limit = memory_mb << 20 if hard == resource.RLIM_INFINITY else min(memory_mb << 20, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    _exit_when_orphaned()
-    protocol = os.fdopen(os.dup(1), "wb")  # stdout is the protocol; stray prints go to stderr
-    os.dup2(2, 1)
-    check = _make_checker()
-    for text in _WARM_UP:  # ANTLR's prediction cache makes later parses several times faster
-        check(text, text)
-    protocol.write(b"ready\n")
-    protocol.flush()
-    for line in sys.stdin.buffer:
-        try:
-            pairs = json.loads(line)["pairs"]
-            reply = {"equal": any(check(pred, gold) for pred, gold in pairs)}
-        except Exception as exc:  # noqa: BLE001 - report, stay alive
-            reply = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        protocol.write(json.dumps(reply).encode() + b"\n")
-        protocol.flush()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -897,5 +567,4 @@ def math_reward(**options) -> Reward:
     return reward
 
 
-if not _IN_WORKER:
-    register_reward("math")(math_reward)
+register_reward("math")(math_reward)

@@ -25,9 +25,10 @@
   killed at once.
 
 How a run starts: a background thread keeps launchers (`sh`) ready that have already moved into
-a fresh run cgroup (on cgroup v1 that move waits for an RCU grace period, so it is done ahead
-of time); a run takes one, writes its limits, and sends it nsjail's argv on stdin; nsjail builds
-the jail and starts dumb-init as pid 1 with the program beneath it.
+a fresh run cgroup (`launcher.py`; on cgroup v1 that move waits for an RCU grace period, so it
+is done ahead of time); a run takes one, writes its limits (`cgroups.py`), and sends it nsjail's
+argv on stdin; nsjail builds the jail and starts dumb-init as pid 1 with the program beneath it.
+Warm Python (`warm.py`) reuses the same launcher and jail for long-lived interpreters.
 
 Threat model. Covered: code that is buggy or hostile *within a Linux process*: resource
 exhaustion (CPU, memory, pids, disk via tmpfs/rlimits, output), reading host secrets or the
@@ -46,37 +47,37 @@ only and says so loudly.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import math
 import os
 import re
-import resource
-import selectors
 import shutil
-import signal
-import subprocess
-import sys
 import sysconfig
 import tempfile
-import threading
 import time
 import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+
+# Re-exported: callers import these from here (`longrl.sandbox.isolate`), as before the split.
+from longrl.sandbox.cgroups import Cgroups, RunCgroup
+from longrl.sandbox.launcher import Stub, StubPool, discard_stub, pump, run_unsafe, verdict
+from longrl.sandbox.limits import (
+    HOST_UID,
+    JAIL_UID,
+    Execution,
+    IsolationUnavailable,
+    Limits,
+    Verdict,
+)
+
+__all__ = ["DEFAULT_COMPILE_LIMITS", "HOST_UID", "JAIL_UID", "LANGUAGES", "SECCOMP_POLICY",
+           "Cgroups", "CodeRun", "Execution", "IsolationUnavailable", "Isolator", "Limits",
+           "RunCgroup", "SandboxConfig", "Verdict", "discard_stub", "outputs_match"]  # fmt: skip
 
 log = logging.getLogger(__name__)
-
-Verdict = Literal["ok", "error", "timeout", "memory", "output_limit", "sandbox_error"]
-
-# Inside the jail the program is uid 1000; outside it is this otherwise unused host uid, so an
-# escaped process owns nothing and can signal nothing on the host.
-JAIL_UID = 1000
-HOST_UID = 99999
 
 SECCOMP_POLICY = """
 POLICY longrl_deny {
@@ -98,54 +99,6 @@ POLICY longrl_deny {
 USE longrl_deny DEFAULT ALLOW
 """
 # Namespace flags refused in clone(): NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET.
-
-
-class IsolationUnavailable(RuntimeError):
-    """Isolation cannot be set up here; the message says what is missing and how to fix it."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits of one run. All of them hold at once."""
-
-    wall_s: float = 10.0  # wall-clock deadline; the whole run is killed when it passes
-    cpu_s: float | None = None  # CPU seconds (RLIMIT_CPU, rounded up); None: same as wall_s
-    memory_mb: int = 512  # cgroup memory limit (RSS + page cache + tmpfs pages)
-    pids: int = 64  # cgroup pids limit: processes + threads
-    cpus: float = 1.0  # cgroup CPU quota, in cores
-    tmp_mb: int = 64  # size of the private /tmp (and of /dev/shm)
-    file_mb: int = 64  # largest file a process may write (RLIMIT_FSIZE)
-    open_files: int = 64  # RLIMIT_NOFILE
-    stack_mb: int = 64  # RLIMIT_STACK; contest solutions recurse deep
-    output_bytes: int = 1 << 20  # cap per stream; exceeding it kills the run
-
-    def __post_init__(self) -> None:
-        for name in ("wall_s", "memory_mb", "pids", "cpus", "tmp_mb", "output_bytes"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Limits.{name} must be > 0, got {getattr(self, name)!r}")
-
-    @property
-    def cpu_seconds(self) -> int:
-        return max(1, math.ceil(self.cpu_s if self.cpu_s is not None else self.wall_s))
-
-
-@dataclass
-class Execution:
-    """What one run did. `status` is the verdict; `return_code` is 128+n for death by signal n."""
-
-    status: Verdict
-    return_code: int | None
-    stdout: bytes = b""
-    stderr: bytes = b""
-    wall_s: float = 0.0
-    cpu_s: float | None = None
-    memory_peak_mb: float | None = None
-    pids_limited: bool = False  # a fork/clone failed on the pids limit
-    message: str = ""  # for sandbox_error: what broke; otherwise a short human note
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 @dataclass
@@ -171,213 +124,6 @@ def _default_work_root() -> str:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-# ---------------------------------------------------------------------------------------------
-# cgroups: one fresh group per run under a reused parent
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
-
-
-def _keyed(text: str) -> dict[str, int]:
-    """Parse 'key value' lines (memory.events, pids.events, memory.oom_control, cpu.stat)."""
-    out = {}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
-
-
-class _RunCgroup:
-    """The per-run cgroup directories (one per v1 controller, or one v2 directory)."""
-
-    def __init__(self, dirs: dict[str, Path], v2: bool):
-        self.dirs, self.v2 = dirs, v2
-
-    def procs_files(self) -> list[Path]:
-        return sorted({d / "cgroup.procs" for d in self.dirs.values()})
-
-    def pids(self) -> list[int]:
-        # Every process of a run is in all of its controllers' groups (the launcher enters each
-        # or exits), so the pids group lists them all.
-        d = self.dirs.get("pids") or next(iter(self.dirs.values()))
-        return [int(p) for p in _read(d / "cgroup.procs").split()]
-
-    def kill_all(self, timeout_s: float = 5.0) -> None:
-        """SIGKILL every process in the group until it is empty (fork bombs included)."""
-        kill_file = self.dirs.get("pids", Path("/nonexistent")) / "cgroup.kill"
-        if self.v2 and kill_file.exists():
-            kill_file.write_text("1")
-        deadline = time.monotonic() + timeout_s
-        while (pids := self.pids()) and time.monotonic() < deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.002)
-
-    def stats(self) -> dict[str, float | int | bool]:
-        if self.v2:
-            d = self.dirs["memory"]
-            peak = _read(d / "memory.peak").strip()
-            return {
-                "oom_kill": _keyed(_read(d / "memory.events")).get("oom_kill", 0),
-                "memory_peak": int(peak) if peak.isdigit() else -1,
-                "cpu_s": _keyed(_read(d / "cpu.stat")).get("usage_usec", 0) / 1e6,
-                "pids_max_hits": _keyed(_read(d / "pids.events")).get("max", 0),
-            }
-        mem, pids = self.dirs["memory"], self.dirs["pids"]
-        usage = (
-            _read(self.dirs["cpuacct"] / "cpuacct.usage").strip() if "cpuacct" in self.dirs else ""
-        )
-        peak = _read(mem / "memory.max_usage_in_bytes").strip()
-        return {
-            "oom_kill": _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0),
-            "memory_peak": int(peak) if peak.isdigit() else -1,
-            "cpu_s": int(usage) / 1e9 if usage.isdigit() else -1.0,
-            "pids_max_hits": _keyed(_read(pids / "pids.events")).get("max", 0),
-        }
-
-    def remove(self) -> None:
-        for d in self.dirs.values():
-            for _ in range(200):  # rmdir is EBUSY for a moment after the last task exits
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.005)
-            else:
-                log.warning("cgroup %s could not be removed (still busy)", d)
-
-
-class Cgroups:
-    """Finds the cgroup hierarchy (v2 if it has memory+pids+cpu, else v1) and makes run groups."""
-
-    V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
-    _instances = itertools.count()
-
-    def __init__(self, name: str = "longrl-sandbox"):
-        self.name = name
-        self.v2, self.parents = self._discover()
-        # Run groups are named run-<pid>-<instance>-<n>: owner process, then this object.
-        self._prefix = f"run-{os.getpid()}-{next(self._instances)}-"
-        self._seq = itertools.count()
-
-    def _discover(self) -> tuple[bool, dict[str, Path]]:
-        unified = Path("/sys/fs/cgroup")
-        controllers = _read(unified / "cgroup.controllers").split()
-        if {"memory", "pids", "cpu"} <= set(controllers):
-            parent = unified / self.name
-            parent.mkdir(exist_ok=True)
-            try:  # the parent must delegate the controllers to its children
-                (unified / "cgroup.subtree_control").write_text("+memory +pids +cpu")
-                (parent / "cgroup.subtree_control").write_text("+memory +pids +cpu")
-            except OSError as exc:
-                raise IsolationUnavailable(
-                    f"cgroup v2 at {unified} has the controllers but they cannot be delegated "
-                    f"to {parent} ({exc}); run the sandbox from a cgroup whose subtree_control "
-                    "you may write (e.g. a systemd unit with Delegate=yes)"
-                ) from exc
-            return True, {c: parent for c in ("memory", "pids", "cpu")}
-        mounts = self._v1_mounts()
-        missing = [c for c in ("memory", "pids", "cpu") if c not in mounts]
-        if missing:
-            raise IsolationUnavailable(
-                f"no usable cgroup controllers {missing}: neither cgroup v2 with them at "
-                f"{unified} nor v1 mounts in /proc/self/mountinfo; a sandbox needs memory, pids "
-                "and cpu control (run as root in a container started with cgroup access)"
-            )
-        parents = {}
-        for controller, mount in mounts.items():
-            parents[controller] = mount / self.name
-            parents[controller].mkdir(exist_ok=True)
-        return False, parents
-
-    def _v1_mounts(self) -> dict[str, Path]:
-        found = {}
-        for line in _read(Path("/proc/self/mountinfo")).splitlines():
-            pre, _, post = line.partition(" - ")
-            fields, post_fields = pre.split(), post.split()
-            if len(post_fields) < 3 or post_fields[0] != "cgroup":
-                continue
-            for option in post_fields[2].split(","):
-                if option in self.V1_CONTROLLERS and option not in found:
-                    found[option] = Path(fields[4])
-        return found
-
-    def create(self, limits: Limits) -> _RunCgroup:
-        run_name = f"{self._prefix}{next(self._seq)}"
-        dirs = {c: p / run_name for c, p in self.parents.items()}
-        for d in set(dirs.values()):
-            d.mkdir()
-        group = _RunCgroup(dirs, self.v2)
-        try:
-            self.apply(group, limits)
-        except OSError:
-            group.remove()
-            raise
-        return group
-
-    def apply(self, group: _RunCgroup, limits: Limits) -> None:
-        """Write `limits` into the group's control files (allowed while it is in use)."""
-        mem = limits.memory_mb * 1024 * 1024
-        quota = int(limits.cpus * 100_000)
-        d = group.dirs
-        if self.v2:
-            (d["memory"] / "memory.max").write_text(str(mem))
-            if (d["memory"] / "memory.swap.max").exists():
-                (d["memory"] / "memory.swap.max").write_text("0")
-            (d["pids"] / "pids.max").write_text(str(limits.pids))
-            (d["cpu"] / "cpu.max").write_text(f"{quota} 100000")
-            return
-        limit, memsw = (
-            d["memory"] / "memory.limit_in_bytes",
-            d["memory"] / "memory.memsw.limit_in_bytes",
-        )
-        # memsw (memory+swap, present with swap accounting) must stay >= the memory limit, so
-        # raise it first and lower it last; equal to it means no swapping around the limit.
-        order = (
-            [memsw, limit] if memsw.exists() and int(_read(limit) or 0) < mem else [limit, memsw]
-        )
-        for f in order:
-            if f.exists():
-                f.write_text(str(mem))
-        (d["pids"] / "pids.max").write_text(str(limits.pids))
-        (d["cpu"] / "cpu.cfs_period_us").write_text("100000")
-        (d["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
-
-    def leaked(self) -> list[Path]:
-        """Run groups of this object that still exist (only those of runs in progress)."""
-        return [
-            c
-            for p in set(self.parents.values())
-            for c in p.iterdir()
-            if c.name.startswith(self._prefix)
-        ]
-
-    def sweep(self) -> int:
-        """Remove empty run groups whose creating process is gone (after a crash)."""
-        removed = 0
-        for parent in set(self.parents.values()):
-            for child in parent.iterdir():
-                parts = child.name.split("-")
-                if not child.is_dir() or len(parts) != 4 or not parts[1].isdigit():
-                    continue
-                if Path(f"/proc/{parts[1]}").exists():
-                    continue
-                _RunCgroup({"x": child}, self.v2).kill_all(1.0)
-                _RunCgroup({"x": child}, self.v2).remove()
-                removed += 1
-        return removed
-
-
 def outputs_match(actual: str | bytes, expected: str | bytes) -> bool:
     """The judge's comparison: equal line by line after trimming trailing whitespace on each
     line and blank lines at both ends (what most contest judges accept)."""
@@ -387,78 +133,6 @@ def outputs_match(actual: str | bytes, expected: str | bytes) -> bool:
         return [line.rstrip() for line in text.strip().splitlines()]
 
     return lines(actual) == lines(expected)
-
-
-# ---------------------------------------------------------------------------------------------
-# I/O: feed stdin, collect capped stdout/stderr, enforce the wall clock
-
-
-@dataclass
-class _Streams:
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
-    log: bytearray = field(default_factory=bytearray)
-    stop_reason: str | None = None  # "timeout" | "output_limit"
-
-
-def _pump(
-    proc: subprocess.Popen, stdin: bytes, log_fd: int | None, limits: Limits, kill
-) -> _Streams:
-    """Shuttle bytes until every pipe closes; call `kill()` once on timeout or excess output."""
-    streams = _Streams()
-    sel = selectors.DefaultSelector()
-    sinks = {proc.stdout.fileno(): streams.stdout, proc.stderr.fileno(): streams.stderr}
-    if log_fd is not None:
-        sinks[log_fd] = streams.log
-    for fd in sinks:
-        sel.register(fd, selectors.EVENT_READ)
-    pending = memoryview(stdin)
-    stdin_fd = proc.stdin.fileno() if proc.stdin is not None else -1
-    if stdin_fd >= 0:
-        os.set_blocking(stdin_fd, False)
-        sel.register(stdin_fd, selectors.EVENT_WRITE)
-    deadline = time.monotonic() + limits.wall_s
-    grace_end = None  # after a kill, give the pipes a moment to close, then stop waiting
-    while sel.get_map():
-        now = time.monotonic()
-        if streams.stop_reason is None and now >= deadline:
-            streams.stop_reason = "timeout"
-            kill()
-        if streams.stop_reason is not None:
-            grace_end = grace_end or now + 2.0
-            if now >= grace_end:
-                break
-        for key, _ in sel.select(timeout=max(0.0, min(deadline, grace_end or deadline) - now)):
-            fd = key.fd
-            if fd == stdin_fd:
-                pending = _feed(sel, proc, pending)
-                continue
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                sel.unregister(fd)
-                continue
-            sink = sinks[fd]
-            room = limits.output_bytes - len(sink) if fd != log_fd else 65536 - len(sink)
-            sink += chunk[: max(room, 0)]
-            if room < len(chunk) and fd != log_fd and streams.stop_reason is None:
-                streams.stop_reason = "output_limit"
-                kill()
-    sel.close()
-    return streams
-
-
-def _feed(sel: selectors.BaseSelector, proc: subprocess.Popen, pending: memoryview) -> memoryview:
-    try:
-        written = os.write(proc.stdin.fileno(), pending[:65536])
-        pending = pending[written:]
-    except BlockingIOError:
-        return pending
-    except (BrokenPipeError, OSError):  # the program stopped reading: fine, drop the rest
-        pending = pending[:0]
-    if not pending:
-        sel.unregister(proc.stdin.fileno())
-        proc.stdin.close()
-    return pending
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,110 +232,6 @@ def _processes_of(uid: int) -> list[tuple[int, str]]:
     return found
 
 
-# Pre-spawned launchers. Moving a process into a cgroup (v1) waits for an RCU grace period,
-# several ms, more on a loaded machine; paid on the critical path it halves throughput. So a
-# background thread keeps a few `sh` processes ready that have already entered a *fresh* run
-# cgroup each; a run takes one, sets its limits, and sends it nsjail's argv, one argument per
-# line ending with an empty line, on the same stdin pipe that then carries the program's stdin
-# (`read` consumes a pipe byte by byte, so it takes exactly the header). `sh` then execs nsjail.
-_STUB_SCRIPT = (
-    'for f in "$@"; do echo 0 > "$f" || '
-    '{ echo "longrl-stub: cannot enter cgroup $f" >&2; exit 97; }; done; '
-    'set --; while IFS= read -r a && [ -n "$a" ]; do set -- "$@" "$a"; done; '
-    '[ $# -gt 0 ] && exec "$@"'
-)
-
-
-@dataclass
-class _Stub:
-    group: _RunCgroup
-    proc: subprocess.Popen
-    log_r: int
-    log_w_number: int  # the log pipe's descriptor number inside the stub (for --log_fd)
-
-
-class _StubPool:
-    """Keeps `size` stubs ready, each in its own fresh cgroup; refilled by a daemon thread."""
-
-    def __init__(self, cgroups: Cgroups, size: int):
-        self.cgroups, self.size = cgroups, size
-        self._ready: list[_Stub] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        if size > 0:
-            threading.Thread(target=self._refill, name="sandbox-stubs", daemon=True).start()
-
-    def take(self, limits: Limits) -> _Stub:
-        with self._cond:
-            stub = self._ready.pop() if self._ready else None
-            self._cond.notify()
-        stub = stub or self.spawn()
-        self.cgroups.apply(stub.group, limits)
-        return stub
-
-    def spawn(self) -> _Stub:
-        group = self.cgroups.create(Limits())
-        log_r, log_w = os.pipe()
-        try:
-            proc = subprocess.Popen(
-                ["/bin/sh", "-c", _STUB_SCRIPT, "longrl-stub", *map(str, group.procs_files())],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(log_w,),
-                start_new_session=True,
-                env={},
-                close_fds=True,
-            )
-        except OSError:
-            os.close(log_r)
-            group.remove()
-            raise
-        finally:
-            os.close(log_w)
-        return _Stub(group, proc, log_r, log_w)
-
-    def idle_groups(self) -> set[Path]:
-        with self._cond:
-            return {d for stub in self._ready for d in stub.group.dirs.values()}
-
-    def _refill(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and len(self._ready) >= self.size:
-                    self._cond.wait()
-                if self._closed:
-                    return
-            try:
-                stub = self.spawn()
-            except OSError as exc:
-                log.warning(
-                    "sandbox: cannot pre-spawn a launcher (%s); runs will spawn their own", exc
-                )
-                time.sleep(1.0)
-                continue
-            with self._cond:
-                self._ready.append(stub)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed, stubs, self._ready = True, self._ready, []
-            self._cond.notify_all()
-        for stub in stubs:
-            discard_stub(stub)
-
-
-def discard_stub(stub: _Stub) -> None:
-    """Kill a stub's processes and remove its cgroup and pipes."""
-    stub.group.kill_all()
-    for f in (stub.proc.stdin, stub.proc.stdout, stub.proc.stderr):
-        with contextlib.suppress(OSError):
-            f.close()
-    stub.proc.wait()
-    os.close(stub.log_r)
-    stub.group.remove()
-
-
 def _policy_file(directory: str) -> str:
     """The seccomp policy as a file (a short launcher header beats a 1.5 kB argument).
 
@@ -692,7 +262,7 @@ class Isolator:
             self.cgroups = Cgroups(self.config.cgroup_name)
             self._base_args = self._system_mounts()
             self._policy_file = _policy_file(self.config.work_root)
-            self._stubs = _StubPool(self.cgroups, self.config.prespawn)
+            self._stubs = StubPool(self.cgroups, self.config.prespawn)
             weakref.finalize(self, self._stubs.close)
             probe = self.run(["/bin/true"], limits=Limits(wall_s=10))
             if not probe.ok:
@@ -797,7 +367,9 @@ class Isolator:
         """Run `argv` in a fresh jail with cwd /tmp; `binds` are read-only (host, jail) paths."""
         limits = limits or Limits()
         if self.unsafe:
-            return self._run_unsafe(argv, stdin, limits, binds, rw_binds, env)
+            return run_unsafe(
+                argv, stdin, limits, binds, env, self._env(env), self.config.work_root
+            )
         try:
             stub = self._stubs.take(limits)
         except OSError as exc:
@@ -971,111 +543,14 @@ class Isolator:
         env.update(extra or {})
         return env
 
-    def _drive(self, stub: _Stub, argv: list[str], stdin: bytes, limits: Limits) -> Execution:
+    def _drive(self, stub: Stub, argv: list[str], stdin: bytes, limits: Limits) -> Execution:
         """Hand the argv to the launcher, then feed stdin and collect output until the end."""
         header = ("\n".join(argv) + "\n\n").encode()
         start = time.monotonic()
-        streams = _pump(stub.proc, header + stdin, stub.log_r, limits, kill=stub.group.kill_all)
+        streams = pump(stub.proc, header + stdin, stub.log_r, limits, kill=stub.group.kill_all)
         stub.group.kill_all()  # stray processes, if any, die with the run
         stub.proc.wait()
         wall = time.monotonic() - start
         if stub.proc.returncode == 97 and streams.stderr.startswith(b"longrl-stub:"):
             return Execution("sandbox_error", None, message=streams.stderr.decode(errors="replace"))
-        return self._verdict(stub.proc.returncode, streams, stub.group.stats(), limits, wall)
-
-    @staticmethod
-    def _verdict(rc: int, streams: _Streams, stats: dict, limits: Limits, wall: float) -> Execution:
-        log_text = streams.log.decode(errors="replace")
-        cpu = float(stats["cpu_s"]) if stats["cpu_s"] >= 0 else None
-        peak = stats["memory_peak"] / 2**20 if stats["memory_peak"] >= 0 else None
-        rc = 128 - rc if rc < 0 else rc  # nsjail itself killed by signal n -> 128+n
-        result = Execution(
-            "error",
-            rc,
-            bytes(streams.stdout),
-            bytes(streams.stderr),
-            wall,
-            cpu,
-            peak,
-            pids_limited=stats["pids_max_hits"] > 0,
-        )
-        if rc == 255 and "[F]" in log_text and streams.stop_reason is None:
-            result.status, result.return_code = "sandbox_error", None
-            result.message = "nsjail failed: " + log_text.strip()[-2000:]
-        elif streams.stop_reason == "output_limit":
-            result.status, result.message = (
-                "output_limit",
-                f"output exceeded {limits.output_bytes} bytes",
-            )
-        elif streams.stop_reason == "timeout":
-            result.status, result.message = "timeout", f"wall clock exceeded {limits.wall_s}s"
-        elif stats["oom_kill"] > 0:
-            result.status, result.message = "memory", f"memory limit {limits.memory_mb} MB exceeded"
-        elif (
-            rc in (128 + signal.SIGXCPU, 128 + signal.SIGKILL)
-            and cpu
-            and cpu >= limits.cpu_seconds * 0.8
-        ):
-            result.status, result.message = "timeout", f"CPU time exceeded {limits.cpu_seconds}s"
-        elif rc == 0:
-            result.status = "ok"
-        return result
-
-    # -- unsafe fallback (explicit opt-in only) -----------------------------------------------
-
-    def _run_unsafe(self, argv, stdin: bytes, limits: Limits, binds, rw_binds, env) -> Execution:
-        with tempfile.TemporaryDirectory(
-            prefix="longrl-sbx-unsafe-", dir=self.config.work_root
-        ) as cwd:
-            for host, inside in binds:
-                if inside.startswith("/tmp/"):
-                    dest = Path(cwd) / inside[len("/tmp/") :]
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(host, dest)
-
-            def set_limits() -> None:
-                mem = limits.memory_mb * 2**20
-                resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-                resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
-                resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb * 2**20,) * 2)
-                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-            run_env = self._env(env)
-            run_env["HOME"] = run_env["TMPDIR"] = cwd
-            if env and "PYTHONPATH" in env:
-                run_env["PYTHONPATH"] = os.pathsep.join(sys.path)
-            start = time.monotonic()
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                # preexec_fn with threads around: set_limits makes only raw setrlimit calls.
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                preexec_fn=set_limits,  # noqa: PLW1509
-                start_new_session=True,
-                env=run_env,
-            )
-
-            def kill() -> None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-            with proc:
-                streams = _pump(proc, stdin, None, limits, kill=kill)
-                kill()
-                proc.wait()
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            stats = {
-                "cpu_s": usage.ru_utime + usage.ru_stime,
-                "memory_peak": -1,
-                "oom_kill": 0,
-                "pids_max_hits": 0,
-            }
-            result = self._verdict(
-                proc.returncode, streams, stats, limits, time.monotonic() - start
-            )
-            result.cpu_s = None  # RUSAGE_CHILDREN sums every child ever: not this run's
-            return result
+        return verdict(stub.proc.returncode, streams, stub.group.stats(), limits, wall)
