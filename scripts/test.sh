@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/setup_sandbox.sh
+bash scripts/setup_vllm.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -73,7 +73,7 @@ def cmd_eval(argv: list[str]) -> int:
     from longrl.evaluate import evaluate
     from longrl.models import load_policy
     from longrl.rewards.registry import get_reward
-    from longrl.rollout.engine import HFEngine
+    from longrl.rollout.engine import make_engine
 
     parser = _config_parser("longrl eval", RunConfig,
                             "Evaluate a model on the held-out split: pass@1 over n samples, pass@k, mean tokens.")
@@ -82,7 +82,7 @@ def cmd_eval(argv: list[str]) -> int:
     path, overrides = _split_config_arg(args)
     config = load_config(RunConfig, path, overrides)
     model, tokenizer = load_policy(args.model, config.model.dtype)
-    engine = HFEngine(model, tokenizer, config.rollout.batch_size, config.seed)
+    engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
     rewards = {n: (get_reward(n), w) for n, w in zip(config.reward.names, config.reward.weights)}
     metrics = evaluate(engine, tokenizer, World(config.world).eval_prompts(), rewards, config.eval)
     print(json.dumps(metrics, indent=2))

@@ -74,13 +74,34 @@ class WorldConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf"] = opt("hf", "Inference engine: `hf` (transformers, KV cache).")
+    engine: Literal["hf", "vllm"] = opt(
+        "hf", "Inference engine: `hf` (transformers, KV cache) or `vllm` (colocated in this "
+              "process; needs the `vllm` extra, scripts/setup_vllm.sh).")
     prompts_per_iter: int = opt(32, "Prompts sampled per iteration.")
     samples_per_prompt: int = opt(8, "k: responses sampled per prompt (SPEC §3).")
     temperature: float = opt(1.0, "Sampling temperature; log-probs are taken under it.")
     top_p: float = opt(1.0, "Nucleus sampling threshold (1.0 = off).")
     max_new_tokens: int = opt(128, "Longest response, in tokens.")
     batch_size: int = opt(256, "Sequences generated together by the engine.")
+    vllm_kv_cache_gib: float = opt(
+        1.0, "vLLM: KV-cache memory in GiB (VLLM_CPU_KVCACHE_SPACE on CPU, whole GiB, at least "
+             "1; `kv_cache_memory_bytes` on GPU). 1 GiB holds ~23k tokens of SmolLM2-135M in "
+             "float32.")
+    vllm_enforce_eager: bool = opt(
+        True, "vLLM: run the model eagerly (no torch.compile / CUDA graphs). Starts in seconds; "
+              "set false on GPU for speed.")
+    vllm_prefix_caching: bool = opt(
+        True, "vLLM: reuse the KV cache of shared prefixes (the k samples of a prompt, continued "
+              "partial rollouts). Reset after every weight load.")
+    sync_check_tolerance: float = opt(
+        1e-3, "Largest |engine - trainer| log-prob gap on a fixed probe sequence tolerated after a "
+              "weight sync (nats). A larger gap raises WeightSyncError: the engine is not sampling "
+              "from the trainer's policy. 0 turns the check off. float32 engines agree to ~1e-5.")
+
+    def __post_init__(self) -> None:
+        if self.sync_check_tolerance < 0:
+            raise ConfigError(f"rollout.sync_check_tolerance is {self.sync_check_tolerance}: give a "
+                              "tolerance >= 0 (0 turns the check off)")
 
 
 @dataclass
@@ -135,6 +156,57 @@ class EvalConfig:
 
 
 @dataclass
+class RepetitionConfig:
+    """Repetition detection during generation (SPEC §8; `longrl.rollout.repetition`)."""
+
+    enabled: bool = opt(False, "Stop a response early (finish reason `repetition`) when it loops "
+                        "or repeats an n-gram. HF engine only.")
+    min_period: int = opt(1, "Shortest loop period, in tokens.")
+    max_period: int = opt(64, "Longest loop period, in tokens (cost per token grows with it).")
+    loop_repeats: int = opt(4, "Copies of a block, back to back, that make a loop.")
+    min_loop_tokens: int = opt(24, "A loop must span at least this many tokens (more copies for short periods); "
+                               "keeps short natural runs such as `1000` from firing.")
+    ngram_size: int = opt(32, "Length of the repeated n-gram signal, in tokens (0 = off).")
+    ngram_repeats: int = opt(3, "Occurrences of one n-gram that count as repetition.")
+    penalty: float = opt(0.0, "Subtracted from the reward of a response stopped for repetition "
+                         "(recorded as reward_info['repetition_penalty']); 0 = stop only.")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_period <= self.max_period:
+            raise ConfigError("repetition: need 1 <= min_period <= max_period")
+        if self.loop_repeats < 2 or (self.ngram_size and self.ngram_repeats < 2):
+            raise ConfigError("repetition: loop_repeats and ngram_repeats must be at least 2")
+
+
+@dataclass
+class PartialRolloutConfig:
+    """Partial rollouts (SPEC §8, paper §2.6.2; the exact policy is in `longrl.rollout.partial`)."""
+
+    enabled: bool = opt(False, "Cap each trajectory's growth per iteration and continue unfinished "
+                        "ones later from the replay buffer. false = one-shot rollouts (as before).")
+    token_budget: int = opt(0, "Output tokens reserved per iteration over all requests (each request "
+                            "reserves its cap). 0 = prompts_per_iter x samples_per_prompt x segment_tokens.")
+    segment_tokens: int = opt(64, "Most tokens one trajectory may grow in one iteration.")
+    max_age: int = opt(4, "Iterations a trajectory may stay unfinished, counting the one it started in; "
+                       "then `age_policy` applies.")
+    age_policy: Literal["drop", "finish"] = opt(
+        "drop", "`drop`: discard the trajectory's whole group; `finish`: force-finish it as `length` "
+                "(scored as it is, usually 0).")
+    max_unfinished: int = opt(1024, "Most unfinished trajectories the buffer keeps; beyond it the "
+                              "oldest groups are dropped.")
+    segment_loss: Literal["all", "latest_only", "importance"] = opt(
+        "all", "Tokens sampled by older policies in the loss: `all` (weight 1), `latest_only` "
+               "(loss mask 0), `importance` (weight min(c, π_θi/π_old) per token).")
+    importance_cap: float = opt(1.0, "c, the truncation of importance weights (`importance` only).")
+
+    def __post_init__(self) -> None:
+        if self.segment_tokens < 1 or self.max_age < 1:
+            raise ConfigError("partial: segment_tokens and max_age must be at least 1")
+        if self.importance_cap <= 0:
+            raise ConfigError("partial: importance_cap must be positive")
+
+
+@dataclass
 class RunConfig:
     """An RL run (`longrl train`)."""
 
@@ -152,6 +224,8 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
+    partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
 
 
 @dataclass

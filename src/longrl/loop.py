@@ -12,7 +12,6 @@ resumed run needs: `config.toml`, `metrics.jsonl`, TensorBoard events, `samples/
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import time
@@ -29,11 +28,13 @@ from longrl.evaluate import evaluate
 from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
 from longrl.models import encode_prompt, load_policy
 from longrl.rewards.registry import get_reward, score_batch
-from longrl.rollout.engine import HFEngine
+from longrl.rollout.engine import InferenceEngine, make_engine
+from longrl.rollout.partial import partial_rollout, prepare_loss
+from longrl.rollout.repetition import apply_penalty, detector_factory
 from longrl.sampler import UniformSampler
 from longrl.trainer import Trainer
 from longrl.types import GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
-from longrl.weight_sync import sync_weights
+from longrl.weight_sync import WeightSync
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,11 +119,12 @@ class Run:
     dir: Path
     tokenizer: object
     trainer: Trainer
-    engine: HFEngine
+    engine: InferenceEngine
     sampler: UniformSampler
     buffer: ReplayBuffer
     rewards: dict
     eval_prompts: list[Prompt]
+    sync: WeightSync
     iteration: int = 0
 
 
@@ -139,13 +141,14 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     torch.manual_seed(config.seed)
     run_dir = Path(config.out_dir) / config.name
     model, tokenizer = load_policy(model_path or config.model.path, config.model.dtype)
-    engine = HFEngine(copy.deepcopy(model), tokenizer, config.rollout.batch_size, seed=config.seed)
+    engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)  # its own copy of the weights
     trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
                       temperature=config.rollout.temperature, seed=config.seed)
     train_pool, eval_prompts = _prompt_pool(config)
     rewards = {name: (get_reward(name), weight) for name, weight in zip(config.reward.names, config.reward.weights)}
+    sync = WeightSync(model, engine, tokenizer, tolerance=config.rollout.sync_check_tolerance)
     return Run(config, run_dir, tokenizer, trainer, engine, UniformSampler(train_pool, config.seed),
-               ReplayBuffer(), rewards, eval_prompts)
+               ReplayBuffer(config.partial.max_unfinished), rewards, eval_prompts, sync)
 
 
 def save_checkpoint(run: Run, path: Path) -> None:
@@ -153,10 +156,14 @@ def save_checkpoint(run: Run, path: Path) -> None:
     run.trainer.model.save_pretrained(path)
     run.tokenizer.save_pretrained(path)
     optimizer = None if run.config.train.reset_optimizer else run.trainer.optimizer.state_dict()
+    # the HF engine samples from its own torch generator; vLLM is seeded once at construction,
+    # so a resumed vLLM run continues with fresh sampling randomness
+    generator = getattr(run.engine, "generator", None)
     torch.save({
-        "iteration": run.iteration, "optimizer": optimizer, "sampler": run.sampler.state_dict(), "buffer": run.buffer.state_dict(),
-        "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
-        "engine_rng": run.engine.generator.get_state(), "trainer_rng": run.trainer.rng.getstate(),
+        "iteration": run.iteration, "optimizer": optimizer, "sampler": run.sampler.state_dict(),
+        "buffer": run.buffer.state_dict(), "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+        "engine_rng": generator.get_state() if generator is not None else None,
+        "trainer_rng": run.trainer.rng.getstate(),
     }, path / "trainer_state.pt")
 
 
@@ -183,7 +190,8 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     run.buffer.load_state_dict(state["buffer"])
     random.setstate(state["python_rng"])
     torch.set_rng_state(state["torch_rng"])
-    run.engine.generator.set_state(state["engine_rng"])
+    if state["engine_rng"] is not None and getattr(run.engine, "generator", None) is not None:
+        run.engine.generator.set_state(state["engine_rng"])
     run.trainer.rng.setstate(state["trainer_rng"])
     if state["optimizer"] is not None:
         run.trainer.optimizer.load_state_dict(state["optimizer"])
@@ -195,16 +203,31 @@ def iteration(run: Run) -> dict[str, float]:
     c = run.config
     start = time.perf_counter()
     params = SamplingParams(temperature=c.rollout.temperature, top_p=c.rollout.top_p,
-                            max_new_tokens=c.rollout.max_new_tokens)
-    prompts = run.sampler.sample(c.rollout.prompts_per_iter)
-    trajectories, metrics = rollout(run.engine, run.tokenizer, prompts, c.rollout.samples_per_prompt,
-                                    params, version=run.iteration)
+                            max_new_tokens=c.rollout.max_new_tokens,
+                            detector=detector_factory(c.repetition))
+    k = c.rollout.samples_per_prompt
+    if c.partial.enabled:  # budgeted segments; only complete groups come back (rollout/partial.py)
+        trajectories, metrics = partial_rollout(
+            run.engine, run.tokenizer, lambda text: encode_prompt(run.tokenizer, text), run.buffer,
+            run.sampler.sample, c.partial, c.rollout.prompts_per_iter, k, params, version=run.iteration)
+    else:
+        prompts = run.sampler.sample(c.rollout.prompts_per_iter)
+        trajectories, metrics = rollout(run.engine, run.tokenizer, prompts, k, params, version=run.iteration)
     metrics |= score(trajectories, run.rewards)
+    if c.repetition.enabled:
+        metrics |= apply_penalty(trajectories, c.repetition.penalty)
     metrics |= run.sampler.update(trajectories)
     run.buffer.add(trajectories)
     metrics |= run.buffer.metrics()
-    metrics |= run.trainer.train_iteration(run.buffer.take())
-    metrics |= sync_weights(run.trainer.model, run.engine)
+    batch, weights = run.buffer.take(), None
+    if c.partial.enabled:
+        weights, m = prepare_loss(batch, run.iteration, c.partial, run.trainer.current_logprobs)
+        metrics |= m
+    run.engine.sleep()  # frees the engine's memory for training where the platform can
+    if batch:
+        metrics |= run.trainer.train_iteration(batch, weights)
+    run.engine.wake()
+    metrics |= run.sync(run.iteration)
     run.iteration += 1
     write_samples(run.dir, run.iteration, trajectories, c.log_samples)
     metrics["perf/iteration_s"] = time.perf_counter() - start

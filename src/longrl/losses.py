@@ -16,6 +16,10 @@ Deviations, all deliberate:
   tokens, makes the squared term of `level="sequence"` large for long responses.
 - Sequences are averaged with equal weight over the whole batch (the mean over prompts of the
   mean over their k samples when every prompt has k samples, as here).
+- Optional per-token weights w_t (partial rollouts, truncated importance weights for tokens an
+  older policy sampled, `rollout/partial.py`): `level="token"` weights each token's squared
+  error, w_t (a_j − τ ρ_t)² / 2τ, still averaged over the sequence's loss tokens (not over Σ w);
+  `level="sequence"` uses the weighted log-ratio ρ_j = Σ_t w_t ρ_t. w ≡ 1 is the plain loss.
 
 Shape legend: B packed rows, T tokens per row, N sequences.
 """
@@ -54,24 +58,30 @@ def opmd_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float,
 
 def opmd_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_mask: torch.Tensor,
               seq_ids: torch.Tensor, advantages: torch.Tensor, tau: float,
-              level: Literal["sequence", "token"] = "token") -> tuple[torch.Tensor, dict]:
+              level: Literal["sequence", "token"] = "token",
+              token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The OPMD surrogate over a packed batch.
 
     logprobs, old_logprobs: [B, T] log-prob of each target token under π_θ and π_θi.
     loss_mask: [B, T] 1 where the token enters the loss. seq_ids: [B, T] the token's sequence.
-    advantages: [N] a_j. Returns (scalar loss, metrics).
+    advantages: [N] a_j. token_weights: optional [B, T] w_t (module docstring).
+    Returns (scalar loss, metrics).
     """
     mask = loss_mask.reshape(-1) > 0  # [B*T]
     seq = seq_ids.reshape(-1)[mask]  # [M] sequence of each loss token
     log_ratio = (logprobs - old_logprobs).reshape(-1)[mask]  # [M]
+    weight = None if token_weights is None else token_weights.reshape(-1)[mask].to(log_ratio.dtype)  # [M]
     n = advantages.shape[0]
     tokens_per_seq = torch.zeros(n, dtype=log_ratio.dtype).index_add_(0, seq, torch.ones_like(log_ratio))
     present = tokens_per_seq > 0  # [N] sequences with at least one loss token
     if level == "sequence":
-        seq_ratio = torch.zeros(n, dtype=log_ratio.dtype).index_add_(0, seq, log_ratio)  # [N]
+        weighted = log_ratio if weight is None else weight * log_ratio  # [M]
+        seq_ratio = torch.zeros(n, dtype=log_ratio.dtype).index_add_(0, seq, weighted)  # [N]
         per_seq = (advantages - tau * seq_ratio) ** 2 / (2 * tau)  # [N]
     elif level == "token":
         per_token = (advantages[seq] - tau * log_ratio) ** 2 / (2 * tau)  # [M]
+        if weight is not None:
+            per_token = weight * per_token
         per_seq = torch.zeros(n, dtype=log_ratio.dtype).index_add_(0, seq, per_token)
         per_seq = per_seq / tokens_per_seq.clamp(min=1)  # [N]
     else:

@@ -73,20 +73,29 @@ def pack(sequences: Sequence[list[int]], per_token: Sequence[Sequence[list[float
 
 
 def build_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tensor,
-                      row_tokens: int, pad_id: int) -> TrainBatch:
-    """Pack prompt + response of each trajectory; only response tokens enter the loss."""
-    sequences, masks, old = [], [], []
-    for t in trajectories:
+                      row_tokens: int, pad_id: int,
+                      response_weights: Sequence[list[float]] | None = None) -> TrainBatch:
+    """Pack prompt + response of each trajectory; only response tokens enter the loss.
+
+    `response_weights[j]`, optional, is a loss weight per response token of trajectory j; a
+    weight of 0 puts the token outside the loss mask (partial rollouts, `rollout/partial.py`).
+    """
+    sequences, masks, old, weights = [], [], [], []
+    for j, t in enumerate(trajectories):
         n_prompt, response = len(t.prompt_ids), t.response_ids
         sequences.append(t.prompt_ids + response)
-        masks.append([0.0] * n_prompt + [1.0] * len(response))
+        w = [1.0] * len(response) if response_weights is None else list(response_weights[j])
+        masks.append([0.0] * n_prompt + [float(x > 0) for x in w])
         old.append([0.0] * n_prompt + t.response_logprobs)
-    rows = pack(sequences, [masks, old], row_tokens, pad_id)
-    loss_mask, old_logprobs = rows.values
+        weights.append([0.0] * n_prompt + w)
+    per_token = [masks, old] if response_weights is None else [masks, old, weights]
+    rows = pack(sequences, per_token, row_tokens, pad_id)
+    loss_mask, old_logprobs = rows.values[:2]
     seq_ids = torch.where(loss_mask > 0, rows.seq_ids, -1)
     rewards = torch.tensor([float(t.reward) for t in trajectories])
+    token_weights = rows.values[2] if response_weights is not None else None
     return TrainBatch(rows.input_ids, rows.position_ids, loss_mask, old_logprobs, seq_ids,
-                      advantages, rewards, len(trajectories))
+                      advantages, rewards, len(trajectories), token_weights)
 
 
 def _count_sequences(seq_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
@@ -131,8 +140,9 @@ class Trainer:
                                   self.temperature)  # [b, T]
             mask = batch.loss_mask[rows]
             part = _count_sequences(batch.seq_ids[rows], mask)
+            weights = None if batch.token_weights is None else batch.token_weights[rows]
             loss, m = opmd_loss(logp, batch.old_logprobs[rows], mask, batch.seq_ids[rows].clamp(min=0),
-                                batch.advantages, self.loss_config.tau, self.loss_config.level)
+                                batch.advantages, self.loss_config.tau, self.loss_config.level, weights)
             (loss * part / total).backward()
             with torch.no_grad():
                 gap = ((logp - batch.old_logprobs[rows]).abs() * mask).max().item() if mask.any() else 0.0
@@ -148,14 +158,21 @@ class Trainer:
         return metrics
 
     @torch.no_grad()
-    def recompute_logprobs(self, trajectories: Sequence[Trajectory]) -> float:
-        """Replace recorded sampling log-probs by the trainer's; return the largest change."""
+    def current_logprobs(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
+        """The current policy's log-prob of each response token, one [n_response] tensor each."""
         self.model.eval()
-        largest = 0.0
+        out = []
         for t in trajectories:
             ids = torch.tensor([t.prompt_ids + t.response_ids])  # [1, T]
             positions = torch.arange(ids.shape[1])[None]
-            fresh = token_logprobs(self.model, ids, positions, self.temperature)[0, len(t.prompt_ids):]
+            out.append(token_logprobs(self.model, ids, positions, self.temperature)[0, len(t.prompt_ids):])
+        return out
+
+    @torch.no_grad()
+    def recompute_logprobs(self, trajectories: Sequence[Trajectory]) -> float:
+        """Replace recorded sampling log-probs by the trainer's; return the largest change."""
+        largest = 0.0
+        for t, fresh in zip(trajectories, self.current_logprobs(trajectories)):
             at = 0
             for segment in t.segments:
                 n = len(segment.token_ids)
@@ -165,8 +182,12 @@ class Trainer:
                 at += n
         return largest
 
-    def train_iteration(self, trajectories: Sequence[Trajectory]) -> dict[str, float]:
-        """The training phase over one iteration's scored trajectories (module docstring)."""
+    def train_iteration(self, trajectories: Sequence[Trajectory],
+                        response_weights: Sequence[list[float]] | None = None) -> dict[str, float]:
+        """The training phase over one iteration's scored trajectories (module docstring).
+
+        `response_weights`: optional per-response-token loss weights (see `build_train_batch`).
+        """
         start = time.perf_counter()
         c = self.config
         if c.reset_optimizer:
@@ -185,7 +206,8 @@ class Trainer:
             for start_at in range(0, len(order), c.mini_batch_size):
                 chosen = order[start_at:start_at + c.mini_batch_size]
                 batch = build_train_batch([trajectories[i] for i in chosen], advantages[chosen],
-                                          c.row_tokens, self.pad_id)
+                                          c.row_tokens, self.pad_id,
+                                          None if response_weights is None else [response_weights[i] for i in chosen])
                 step_metrics = self.step(batch)
                 if steps == 0 and not c.recompute_old_logprobs:
                     # before the first update θ = θi: any gap is engine vs trainer numerics

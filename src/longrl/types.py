@@ -10,6 +10,7 @@ Shape legend for tensors: B packed rows, T tokens per row, N sequences in the ba
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -37,6 +38,9 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 256
     stop_token_ids: tuple[int, ...] = ()  # the tokenizer's EOS is always a stop token
+    # optional factory of a per-request detector with `prime(prefix_ids)` and `feed(token) -> bool`;
+    # `feed` returning True stops that request with finish reason `repetition` (rollout/repetition.py)
+    detector: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Trajectory:
     reward: float | None = None
     reward_info: dict[str, Any] = field(default_factory=dict)
     text: str = ""  # the decoded response, filled when finished
+    group: str = ""  # id of its group of k samples when the prompt id is not enough (partial rollouts)
 
     @property
     def response_ids(self) -> list[int]:
@@ -97,7 +102,7 @@ class Trajectory:
 
     @property
     def group_key(self) -> str:
-        return self.prompt.id
+        return self.group or self.prompt.id
 
 
 @dataclass
@@ -122,3 +127,4 @@ class TrainBatch:
     advantages: torch.Tensor  # [N] float, r_j - tau log Z per sequence
     rewards: torch.Tensor  # [N] float
     num_sequences: int
+    token_weights: torch.Tensor | None = None  # [B, T] float loss weight per token; None = all 1

@@ -2,17 +2,87 @@
 
 The engine holds its own copy of the weights; after each training phase the trainer's current
 parameters are pushed into it, so the next rollout samples from π_θ(i+1).
+
+A push can fail silently: a name the engine does not map, a tied output layer left stale, a
+cache of the old weights reused. Sampling would then go on from the old policy while the
+trainer's OPMD log-ratios (SPEC §3) assume the new one. So `WeightSync` checks every push: the
+engine scores a fixed probe sequence, and its per-token log-probs must equal the trainer's own
+(`longrl.models.token_logprobs`, temperature 1) within `tolerance`, or `WeightSyncError` is raised.
+Both sides in float32 agree to ~1e-6 here; one optimizer step moves them by ~1e-2 or more.
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
+from longrl.models import encode_prompt, token_logprobs
+
+PROBE_QUESTION = "Probe: what is 12+34? Show the steps."
+PROBE_ANSWER = " 12+34: 2+4=6, 1+3=4, so the answer is 46. The quick brown fox jumps over the lazy dog."
+
+
+class WeightSyncError(RuntimeError):
+    """The engine is not sampling from the trainer's current weights."""
+
 
 def sync_weights(model: torch.nn.Module, engine) -> dict[str, float]:
+    """Push the trainer's parameters into the engine (no check); `perf/weight_sync_s`."""
     start = time.perf_counter()
     with torch.no_grad():
         engine.load_weights((name, p.detach()) for name, p in model.named_parameters())
     return {"perf/weight_sync_s": time.perf_counter() - start}
+
+
+def probe_sequence(tokenizer, max_len: int | None = None) -> tuple[list[int], int]:
+    """(token ids, prompt length) of the fixed probe: a chat prompt and a written answer."""
+    prompt = encode_prompt(tokenizer, PROBE_QUESTION)
+    answer = tokenizer(PROBE_ANSWER, add_special_tokens=False).input_ids
+    ids = prompt + answer
+    if max_len is not None:
+        ids = ids[:max_len]
+    if len(ids) <= len(prompt):
+        raise ValueError(f"the weight-sync probe has no answer tokens within {max_len} positions")
+    return ids, len(prompt)
+
+
+class WeightSync:
+    """Push the trainer's weights into the engine, then prove the engine holds them.
+
+    `tolerance` in nats on any probe token (`rollout.sync_check_tolerance`); 0 skips the check.
+    """
+
+    def __init__(self, model: torch.nn.Module, engine, tokenizer, tolerance: float = 1e-3):
+        self.model, self.engine, self.tolerance = model, engine, tolerance
+        max_len = getattr(model.config, "max_position_embeddings", None)
+        self.probe_ids, self.prompt_len = probe_sequence(tokenizer, max_len)
+
+    def __call__(self, iteration: int) -> dict[str, float]:
+        metrics = sync_weights(self.model, self.engine)
+        if self.tolerance > 0:
+            start = time.perf_counter()
+            diff = self.probe_max_diff()
+            metrics |= {"sync/probe_max_diff": diff, "perf/sync_check_s": time.perf_counter() - start}
+            if not diff <= self.tolerance:  # NaN fails too
+                raise WeightSyncError(
+                    f"engine log-probs differ from the trainer's by {diff:.3g} > tol "
+                    f"{self.tolerance:g} after sync at iteration {iteration}: weights were not "
+                    f"reloaded (engine {type(self.engine).__name__}; see rollout.sync_check_tolerance)")
+        return metrics
+
+    def probe_max_diff(self) -> float:
+        """max over probe tokens of |engine log-prob - trainer log-prob|, at temperature 1."""
+        engine_lp = torch.tensor(self.engine.score([self.probe_ids], [self.prompt_len], 1.0)[0])
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([self.probe_ids], device=device)  # [1, T]
+        positions = torch.arange(ids.shape[1], device=device)[None]  # [1, T]
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            trainer_lp = token_logprobs(self.model, ids, positions, 1.0)[0, self.prompt_len:].cpu()
+        self.model.train(was_training)
+        if engine_lp.shape != trainer_lp.shape:
+            return math.inf
+        return float((engine_lp - trainer_lp).abs().max())

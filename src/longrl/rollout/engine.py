@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from longrl.models import token_logprobs
 from longrl.types import Completion, GenerationRequest, SamplingParams
 
 
@@ -32,6 +33,9 @@ class InferenceEngine(Protocol):
     def sleep(self) -> None: ...
 
     def wake(self) -> None: ...
+
+    def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
+              temperature: float = 1.0) -> list[list[float]]: ...
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
@@ -75,6 +79,22 @@ class HFEngine:
 
     def wake(self) -> None:
         pass
+
+    @torch.inference_mode()
+    def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
+              temperature: float = 1.0) -> list[list[float]]:
+        """Log-probs of each sequence's tokens after its prompt, under softmax(logits/T).
+
+        Temperature 0 scores at temperature 1, as greedy `generate` reports.
+        """
+        device = next(self.model.parameters()).device
+        temperature = temperature if temperature > 0 else 1.0
+        out = []
+        for seq, n in zip(sequences, prompt_lens):  # one sequence per forward: no padding to mask
+            ids = torch.tensor([seq], device=device)  # [1, T]
+            positions = torch.arange(len(seq), device=device)[None]  # [1, T]
+            out.append(token_logprobs(self.model, ids, positions, temperature)[0, n:].tolist())
+        return out
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
         order = sorted(range(len(requests)), key=lambda i: -self._context_len(requests[i]))
@@ -126,6 +146,12 @@ class HFEngine:
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         stopped = torch.zeros(B, dtype=torch.bool, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        repeated = torch.zeros(B, dtype=torch.bool, device=device)
+        detectors = None
+        if params.detector is not None:  # one per request, primed with the earlier segments
+            detectors = [params.detector() for _ in requests]
+            for detector, request in zip(detectors, requests):
+                detector.prime(request.prefix_ids)
 
         cache = DynamicCache()
         logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
@@ -138,7 +164,11 @@ class HFEngine:
             lengths += (~done).long()
             hit_stop = ~done & torch.isin(tok, stops)
             stopped |= hit_stop
-            done |= hit_stop | (lengths >= budgets)
+            if detectors is not None:
+                live, ids = (~done).tolist(), tok.tolist()
+                hits = [live[b] and detectors[b].feed(ids[b]) for b in range(B)]
+                repeated |= torch.tensor(hits, dtype=torch.bool, device=device) & ~hit_stop
+            done |= hit_stop | repeated | (lengths >= budgets)
             if bool(done.all()):
                 break
             attention = torch.cat([attention, torch.ones((B, 1), dtype=attention.dtype, device=device)], 1)
@@ -152,9 +182,28 @@ class HFEngine:
             n = int(lengths[row])
             if bool(stopped[row]):
                 reason = "stop"
+            elif bool(repeated[row]):
+                reason = "repetition"
             elif request.max_new_tokens is not None and request.max_new_tokens < params.max_new_tokens:
                 reason = "budget"
             else:
                 reason = "length"
             out.append(Completion(tokens[row, :n].tolist(), logprobs[row, :n].tolist(), reason))
         return out
+
+
+def make_engine(config, model, tokenizer, seed: int = 0) -> InferenceEngine:
+    """The engine `config.engine` names (a `RolloutConfig`), holding its own copy of `model`.
+
+    The copy is what makes the engine a separate policy replica that `weight_sync` must refresh
+    after each training phase, for both engines alike.
+    """
+    if config.engine == "hf":
+        import copy
+
+        return HFEngine(copy.deepcopy(model), tokenizer, config.batch_size, seed=seed)
+    if config.engine == "vllm":
+        from longrl.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine.from_model(model, tokenizer, config, seed=seed)
+    raise ValueError(f"rollout.engine is {config.engine!r}: choose `hf` or `vllm`")

@@ -1,0 +1,37 @@
+"""The k1.5 length reward (SPEC §4, paper §2.3.3), as pure functions.
+
+For the k responses of one prompt with token lengths len(i), min_len and max_len:
+
+    λ_i = 0.5 − (len(i) − min_len) / (max_len − min_len)        (all 0 when max_len == min_len)
+    len_reward(i) = λ_i            if response i is correct
+                    min(0, λ_i)    if it is wrong
+
+so among correct answers shorter is better, and a wrong answer is never rewarded for being
+short, only penalised for being long. The length reward is added to the task reward with a weight
+that is 0 for the first `warmup` iterations (plain policy optimisation) and constant after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def length_rewards(lengths: Sequence[int], correct: Sequence[bool]) -> list[float]:
+    """len_reward(i) for the k responses of one prompt."""
+    if len(lengths) != len(correct):
+        raise ValueError(f"{len(lengths)} lengths but {len(correct)} correctness flags")
+    if not lengths:
+        return []
+    low, high = min(lengths), max(lengths)
+    if high == low:
+        return [0.0] * len(lengths)
+    out = []
+    for n, ok in zip(lengths, correct):
+        lam = 0.5 - (n - low) / (high - low)
+        out.append(lam if ok else min(0.0, lam))
+    return out
+
+
+def length_weight(iteration: int, weight: float, warmup: int) -> float:
+    """The weight of the length reward at `iteration` (0-based): 0 during warm-up, then `weight`."""
+    return 0.0 if iteration < warmup else weight

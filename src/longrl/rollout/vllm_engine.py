@@ -1,0 +1,211 @@
+"""The vLLM engine: colocated with the trainer in this process (SPEC §8, hybrid deployment).
+
+`VLLMEngine` implements the `InferenceEngine` seam of `rollout/engine.py` on `vllm.LLM`, run
+in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that weights pass from the trainer as tensors,
+with no serialisation, and the engine shares the device and memory with the trainer.
+
+What it promises, and how:
+- Log-probs under the temperature-scaled distribution softmax(logits / T), the quantity the
+  trainer recomputes (`longrl.models.token_logprobs`): vLLM's default reports log-probs of the raw
+  logits, so the engine is built with `logprobs_mode="processed_logprobs"`. Greedy decoding
+  (T = 0) reports log-probs at T = 1, as `HFEngine` does.
+- Continuation of a partial rollout: the context is `prompt_ids + prefix_ids`, and prefix caching
+  reuses the KV blocks that the k samples of a prompt, or an earlier segment, already filled.
+- `load_weights(named tensors)`: vLLM's in-place reload (`collective_rpc("reload_weights")`), which
+  maps checkpoint names onto vLLM's fused layers, then `reset_prefix_cache()`: cached KV blocks
+  were computed by the old weights and must not be reused.
+- `sleep()/wake()`: vLLM's sleep mode frees the weights and KV cache of a GPU engine while the
+  trainer steps. vLLM's CPU build has no sleep mode; there they do nothing.
+
+Deviations, on purpose:
+- top-p < 1: vLLM's processed log-probs are those of the renormalised nucleus distribution,
+  while `HFEngine` reports the full temperature-scaled distribution. The gap is log(kept mass)
+  per token; use `train.recompute_old_logprobs=true` with top-p < 1 on this engine.
+- `score()` uses vLLM's prompt log-probs, which vLLM always takes from the raw logits: it scores
+  at T = 1 (or 0) only and refuses other temperatures rather than answer wrongly.
+- Repetition detection (`SamplingParams.detector`) runs on the finished completion and cuts it
+  at the token where the detector fires, with finish reason `repetition`: the same tokens and
+  log-probs as `HFEngine`'s early stop (a detector sees only the tokens before it), but vLLM
+  has spent the compute on the rest. An in-engine stop (a vLLM logits processor) is future work.
+- Sampling is seeded once (the `LLM`'s seed), not per request: per-request generators take a
+  slower path in vLLM's sampler. Runs are reproducible from the start, not across a resume.
+
+Measured limits of vLLM CPU 0.32 here: its attention kernels refuse head_dim 16 (use heads of
+width >= 32 in tiny models), and after it starts it replaces `torch.set_num_threads` in this
+process with a no-op (it has bound its OpenMP threads): set threads before building the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from longrl.types import Completion, GenerationRequest, SamplingParams
+
+
+def _prepare_env(kv_cache_gib: float) -> None:
+    """vLLM reads these at import and engine start; they must be set before either."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process: colocated, tensors by reference
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _retie_lm_head(model: torch.nn.Module) -> None:
+    """Point a tied LM head at the reloaded embedding again and re-run its kernel preparation.
+
+    vLLM's in-place reload (0.32) rebuilds the embedding's parameter, which unties it from the LM
+    head; the head, which no checkpoint name reaches when tied, is then put back with its old
+    weights ("ParallelLMHead: Failed to load weights"), and the engine samples from a stale
+    output layer. Measured here: a log-prob gap of 1.6 nats after one reload, 0 with this fix.
+    """
+    head, embed = model.lm_head, model.model.embed_tokens
+    head.quant_method.tie_weights(head, embed)
+    head.quant_method.process_weights_after_loading(head)  # e.g. the CPU GEMM's packed weight
+
+
+class _QuietExpectedReloadWarnings(logging.Filter):
+    """Drop the reload warnings that are expected here: rotary embeddings have no weights, and a
+    tied LM head gets none by name (`_retie_lm_head` refreshes it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().endswith("Failed to load weights")
+                    and record.args and record.args[0] in ("RotaryEmbedding", "ParallelLMHead"))
+
+
+class VLLMEngine:
+    """`vllm.LLM` behind the `InferenceEngine` seam, in this process."""
+
+    def __init__(self, model_dir: str | Path, tokenizer, *, dtype: str = "float32",
+                 batch_size: int = 256, seed: int = 0, kv_cache_gib: float = 1.0,
+                 enforce_eager: bool = True, prefix_caching: bool = True,
+                 max_model_len: int | None = None):
+        _prepare_env(kv_cache_gib)
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        extra = {}
+        if on_gpu:  # colocated: take a fixed KV budget, not vLLM's default 90% of the device
+            extra = {"enable_sleep_mode": True, "kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+        self.tokenizer = tokenizer
+        self.sleep_supported = on_gpu
+        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, max_num_seqs=batch_size,
+                       enable_prefix_caching=prefix_caching, logprobs_mode="processed_logprobs",
+                       enforce_eager=enforce_eager, max_model_len=max_model_len, **extra)
+        self.max_positions = self.llm.llm_engine.model_config.max_model_len
+        self.tied_embeddings = bool(getattr(self.llm.llm_engine.model_config.hf_text_config,
+                                            "tie_word_embeddings", False))
+        self._asleep = False
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+            _QuietExpectedReloadWarnings())
+
+    @classmethod
+    def from_model(cls, model, tokenizer, config, seed: int = 0) -> VLLMEngine:
+        """An engine for a transformers `model` (its directory, or a copy saved to a temp dir).
+
+        `config` is a `RolloutConfig`. The engine loads the weights from disk itself; the loop
+        then keeps it in step with the trainer through `load_weights`.
+        """
+        model_dir = Path(getattr(model, "name_or_path", "") or "")
+        keep = None
+        if not (model_dir.is_dir() and (model_dir / "config.json").is_file()):
+            keep = tempfile.TemporaryDirectory(prefix="longrl-vllm-")
+            model.save_pretrained(keep.name)
+            tokenizer.save_pretrained(keep.name)
+            model_dir = Path(keep.name)
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        engine = cls(model_dir, tokenizer, dtype=dtype, batch_size=config.batch_size, seed=seed,
+                     kv_cache_gib=config.vllm_kv_cache_gib, enforce_eager=config.vllm_enforce_eager,
+                     prefix_caching=config.vllm_prefix_caching,
+                     max_model_len=getattr(model.config, "max_position_embeddings", None))
+        engine._model_dir_keeper = keep  # the temp dir lives as long as the engine
+        return engine
+
+    # -- weights and lifecycle ------------------------------------------------------------------
+
+    def load_weights(self, state: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy trainer tensors (checkpoint names) into the live engine, in place."""
+        weights = [(name, tensor.detach()) for name, tensor in state]
+        # in-process, the list reaches the worker by reference; vLLM fuses q/k/v and gate/up itself
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                          "is_checkpoint_format": True})
+        if self.tied_embeddings:
+            self.llm.apply_model(_retie_lm_head)
+        self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
+
+    def sleep(self) -> None:
+        if self.sleep_supported and not self._asleep:
+            self.llm.sleep(level=1)
+            self._asleep = True
+
+    def wake(self) -> None:
+        if self._asleep:
+            self.llm.wake_up()
+            self._asleep = False
+
+    # -- sampling -------------------------------------------------------------------------------
+
+    def _budget(self, request: GenerationRequest, params: SamplingParams) -> int:
+        context = len(request.prompt_ids) + len(request.prefix_ids)
+        budget = params.max_new_tokens if request.max_new_tokens is None else min(
+            request.max_new_tokens, params.max_new_tokens)
+        room = self.max_positions - context
+        if room <= 0:
+            raise ValueError(f"a request's context of {context} tokens does not fit the model's "
+                             f"{self.max_positions} positions")
+        return min(budget, room)
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        # exactly HFEngine's stop set: the tokenizer's EOS and the given ids. `ignore_eos` keeps vLLM
+        # from adding its own (the generation config's extra EOS ids); stop_token_ids still stop.
+        stops = sorted({self.tokenizer.eos_token_id, *params.stop_token_ids})
+        prompts = [{"prompt_token_ids": r.prompt_ids + r.prefix_ids} for r in requests]
+        sampling = [VLLMSamplingParams(
+            temperature=max(params.temperature, 0.0), top_p=params.top_p,
+            max_tokens=self._budget(r, params), stop_token_ids=stops, logprobs=0,
+            ignore_eos=True, detokenize=False, skip_special_tokens=False) for r in requests]
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        return [self._completion(r, out.outputs[0], params) for r, out in zip(requests, outputs)]
+
+    @staticmethod
+    def _completion(request: GenerationRequest, out, params: SamplingParams) -> Completion:
+        tokens = list(out.token_ids)
+        logprobs = [step[token].logprob for step, token in zip(out.logprobs, tokens)]
+        stopped = out.finish_reason == "stop"
+        if params.detector is not None:  # after the fact: same tokens as an early stop, more compute
+            detector = params.detector()
+            detector.prime(request.prefix_ids)
+            for i, token in enumerate(tokens):
+                is_stop_token = stopped and i == len(tokens) - 1  # a stop token wins, as in HFEngine
+                if detector.feed(token) and not is_stop_token:
+                    return Completion(tokens[:i + 1], logprobs[:i + 1], "repetition")
+        if stopped:
+            reason = "stop"
+        elif request.max_new_tokens is not None and request.max_new_tokens < params.max_new_tokens:
+            reason = "budget"
+        else:
+            reason = "length"
+        return Completion(tokens, logprobs, reason)
+
+    def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
+              temperature: float = 1.0) -> list[list[float]]:
+        """Log-probs of each sequence's tokens after its prompt (T = 1; see the module docstring)."""
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        if temperature not in (0.0, 1.0):
+            raise ValueError(f"VLLMEngine.score scores at temperature 1 only (vLLM takes prompt "
+                             f"log-probs from the raw logits), not {temperature}")
+        if any(n < 1 for n in prompt_lens):
+            raise ValueError("score needs at least one prompt token before the scored ones")
+        sampling = VLLMSamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], sampling,
+                                    use_tqdm=False)
+        return [[out.prompt_logprobs[t][seq[t]].logprob for t in range(n, len(seq))]
+                for seq, n, out in zip(sequences, prompt_lens, outputs)]

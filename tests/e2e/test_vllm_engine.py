@@ -1,0 +1,173 @@
+"""The colocated vLLM engine on a tiny model, on CPU: log-probs, continuation, weight sync.
+
+Skipped only when vLLM is not installed (scripts/setup_vllm.sh installs it). vLLM's CPU attention
+refuses head_dim 16, so this tiny model has 2 heads of width 32.
+"""
+
+import importlib.util
+
+import pytest
+import torch
+
+# find_spec, not an import: vLLM is imported only when the engine fixture starts, so collecting
+# this file changes nothing for the other tests. An installed but broken vLLM fails, not skips.
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("vllm is not installed: run scripts/setup_vllm.sh", allow_module_level=True)
+
+from longrl.config import RolloutConfig, TinyModelConfig
+from longrl.data.worlds import save_tiny_model
+from longrl.models import encode_prompt, load_policy, token_logprobs
+from longrl.rollout.engine import HFEngine, make_engine
+from longrl.rollout.vllm_engine import VLLMEngine
+from longrl.types import GenerationRequest, SamplingParams
+from longrl.weight_sync import WeightSync, WeightSyncError
+
+ATOL = 1e-4  # measured: max gap 1e-6 over these prompts, float32 on both sides
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    model_dir = save_tiny_model(TinyModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128),
+                                tmp_path_factory.mktemp("tiny_vllm"))
+    return load_policy(model_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(policy):
+    model, tok = policy
+    engine = make_engine(RolloutConfig(engine="vllm", batch_size=32), model, tok, seed=0)
+    assert isinstance(engine, VLLMEngine)
+    yield engine
+    del engine
+
+
+def _prompts(tok):
+    return [encode_prompt(tok, t) for t in ("1+2", "345+678", "9", "12-3", "77*8", "1+2+3+4+5+6")]
+
+
+def _max_gap(model, requests, completions, temperature):
+    gap = 0.0
+    for request, completion in zip(requests, completions):
+        context = request.prompt_ids + request.prefix_ids
+        ids = torch.tensor([context + completion.token_ids])  # [1, T]
+        with torch.no_grad():
+            plain = token_logprobs(model, ids, torch.arange(ids.shape[1])[None], temperature or 1.0)
+        assert len(completion.logprobs) == len(completion.token_ids) > 0
+        gap = max(gap, float((torch.tensor(completion.logprobs) - plain[0, len(context):]).abs().max()))
+    return gap
+
+
+def test_logprobs_equal_a_plain_forward_pass(engine, policy):
+    model, tok = policy
+    prompts = _prompts(tok)
+    requests = [GenerationRequest(p) for p in prompts] * 2  # repeats hit the prefix cache
+    requests += [GenerationRequest(p, prefix_ids=[10, 11, 12]) for p in prompts]  # continuations
+    for temperature in (1.0, 0.7, 0.0):
+        completions = engine.generate(requests, SamplingParams(temperature=temperature, max_new_tokens=24))
+        assert _max_gap(model, requests, completions, temperature) < ATOL
+    seq, n = prompts[1] + completions[1].token_ids, len(prompts[1])
+    with torch.no_grad():
+        plain = token_logprobs(model, torch.tensor([seq]), torch.arange(len(seq))[None], 1.0)[0, n:]
+    torch.testing.assert_close(torch.tensor(engine.score([seq], [n], 1.0)[0]), plain, rtol=0, atol=ATOL)
+
+
+def test_finish_reasons(engine, policy):
+    _, tok = policy
+    prompt = encode_prompt(tok, "1+1")
+    everything = SamplingParams(max_new_tokens=5, stop_token_ids=tuple(range(len(tok))))
+    (stopped,) = engine.generate([GenerationRequest(prompt)], everything)
+    assert stopped.finish_reason == "stop" and len(stopped.token_ids) == 1
+    capped, full = engine.generate([GenerationRequest(prompt, max_new_tokens=3), GenerationRequest(prompt)],
+                                   SamplingParams(temperature=0.0, max_new_tokens=40))
+    assert (capped.finish_reason, len(capped.token_ids)) == ("budget", 3)
+    assert full.finish_reason in ("length", "stop") and full.token_ids[:3] == capped.token_ids
+
+
+@pytest.mark.parametrize("kind", ["vllm", "hf"])
+def test_three_greedy_segments_equal_one_greedy_run(kind, engine, policy):
+    model, tok = policy
+    engine = engine if kind == "vllm" else HFEngine(model, tok, batch_size=16)
+    prompts = _prompts(tok)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=36)
+    whole = engine.generate([GenerationRequest(p) for p in prompts], greedy)
+    prefixes = [[] for _ in prompts]
+    for _ in range(3):
+        parts = engine.generate([GenerationRequest(p, pre, max_new_tokens=12)
+                                 for p, pre in zip(prompts, prefixes)], greedy)
+        for pre, part in zip(prefixes, parts):
+            pre.extend(part.token_ids)
+    for one, pre in zip(whole, prefixes):
+        assert one.token_ids == pre[:len(one.token_ids)] and len(one.token_ids) == 36
+
+
+class Forgetful:
+    """An engine whose weight push is silently lost: the fault the sync check exists to catch."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def load_weights(self, state):
+        for _ in state:
+            pass
+
+    def score(self, *args, **kwargs):
+        return self.engine.score(*args, **kwargs)
+
+
+def test_weight_sync_reloads_and_its_check_catches_a_lost_push(engine, policy):
+    model, tok = policy
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        with pytest.raises(WeightSyncError, match="after sync at iteration 2: weights were not reloaded"):
+            WeightSync(model, Forgetful(engine), tok, tolerance=1e-3)(iteration=2)
+        metrics = WeightSync(model, engine, tok, tolerance=ATOL)(iteration=3)
+        assert metrics["sync/probe_max_diff"] < ATOL
+        # sampling, not only scoring, now follows the new weights (the prefix cache was reset)
+        requests = [GenerationRequest(p) for p in _prompts(tok)]
+        for temperature in (1.0, 0.0):
+            completions = engine.generate(requests, SamplingParams(temperature=temperature, max_new_tokens=16))
+            assert _max_gap(model, requests, completions, temperature) < ATOL
+    finally:
+        model.load_state_dict(original)
+        engine.load_weights(model.named_parameters())
+
+
+class FiresAtFifth:
+    """A stand-in repetition detector: fires on the 5th token it sees, counting primed ones."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def prime(self, prefix_ids):
+        self.seen += len(prefix_ids)
+
+    def feed(self, token):
+        self.seen += 1
+        return self.seen == 5
+
+
+def test_repetition_stop_matches_the_hf_engine(engine, policy):
+    model, tok = policy
+    hf = HFEngine(model, tok, batch_size=16)
+    requests = [GenerationRequest(p) for p in _prompts(tok)] + [GenerationRequest(_prompts(tok)[0], [10, 11])]
+    params = SamplingParams(temperature=0.0, max_new_tokens=20, detector=FiresAtFifth)
+    ours, theirs = engine.generate(requests, params), hf.generate(requests, params)
+    for a, b, request in zip(ours, theirs, requests):
+        assert (a.finish_reason, a.token_ids) == (b.finish_reason, b.token_ids)
+        assert a.finish_reason == "repetition" and len(a.token_ids) == 5 - len(request.prefix_ids)
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=ATOL)
+
+
+def test_eos_stops_like_the_hf_engine(engine, policy):
+    model, tok = policy
+    prompt = encode_prompt(tok, "1+1")
+    (greedy,) = engine.generate([GenerationRequest(prompt)], SamplingParams(temperature=0.0, max_new_tokens=8))
+    # make the 3rd greedy token the stop token: both engines must stop right after it
+    params = SamplingParams(temperature=0.0, max_new_tokens=8, stop_token_ids=(greedy.token_ids[2],))
+    ours = engine.generate([GenerationRequest(prompt)], params)[0]
+    theirs = HFEngine(model, tok).generate([GenerationRequest(prompt)], params)[0]
+    assert ours.finish_reason == theirs.finish_reason == "stop"
+    assert ours.token_ids == theirs.token_ids == greedy.token_ids[:greedy.token_ids.index(greedy.token_ids[2]) + 1]
