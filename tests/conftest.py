@@ -18,3 +18,23 @@ def tiny_model_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny")
     return save_tiny_model(TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128), out)
+
+
+class _Forgetful:
+    """An engine whose weight push is silently lost: the fault the sync check exists to catch."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def load_weights(self, state):
+        for _ in state:
+            pass
+
+    def score(self, *args, **kwargs):
+        return self.engine.score(*args, **kwargs)
+
+
+@pytest.fixture
+def forgetful():
+    """Wrap an engine so that `load_weights` drops the weights it is given."""
+    return _Forgetful

@@ -108,6 +108,8 @@ class RolloutConfig:
 class RewardConfig:
     names: list[str] = opt(["world"], "Registered rewards to apply (`longrl.rewards`).")
     weights: list[float] = opt([1.0], "Weight of each reward, in the order of `names`.")
+    length_weight: float = opt(0.0, "Weight of the k1.5 length reward (SPEC §4); 0 = off.")
+    length_warmup: int = opt(0, "Iterations of plain RL before the length reward starts (SPEC §4).")
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.weights):

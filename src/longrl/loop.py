@@ -27,6 +27,7 @@ from longrl.data.worlds import World
 from longrl.evaluate import evaluate
 from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
 from longrl.models import encode_prompt, load_policy
+from longrl.rewards.length import add_length_reward, length_weight
 from longrl.rewards.registry import get_reward, score_batch
 from longrl.rollout.engine import InferenceEngine, make_engine
 from longrl.rollout.partial import partial_rollout, prepare_loss
@@ -214,6 +215,9 @@ def iteration(run: Run) -> dict[str, float]:
         prompts = run.sampler.sample(c.rollout.prompts_per_iter)
         trajectories, metrics = rollout(run.engine, run.tokenizer, prompts, k, params, version=run.iteration)
     metrics |= score(trajectories, run.rewards)
+    weight = length_weight(run.iteration, c.reward.length_weight, c.reward.length_warmup)
+    if weight:
+        metrics |= add_length_reward(trajectories, weight)
     if c.repetition.enabled:
         metrics |= apply_penalty(trajectories, c.repetition.penalty)
     metrics |= run.sampler.update(trajectories)

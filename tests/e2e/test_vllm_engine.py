@@ -100,21 +100,7 @@ def test_three_greedy_segments_equal_one_greedy_run(kind, engine, policy):
         assert one.token_ids == pre[:len(one.token_ids)] and len(one.token_ids) == 36
 
 
-class Forgetful:
-    """An engine whose weight push is silently lost: the fault the sync check exists to catch."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def load_weights(self, state):
-        for _ in state:
-            pass
-
-    def score(self, *args, **kwargs):
-        return self.engine.score(*args, **kwargs)
-
-
-def test_weight_sync_reloads_and_its_check_catches_a_lost_push(engine, policy):
+def test_weight_sync_reloads_and_its_check_catches_a_lost_push(engine, policy, forgetful):
     model, tok = policy
     original = {k: v.clone() for k, v in model.state_dict().items()}
     try:
@@ -122,7 +108,7 @@ def test_weight_sync_reloads_and_its_check_catches_a_lost_push(engine, policy):
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.02)
         with pytest.raises(WeightSyncError, match="after sync at iteration 2: weights were not reloaded"):
-            WeightSync(model, Forgetful(engine), tok, tolerance=1e-3)(iteration=2)
+            WeightSync(model, forgetful(engine), tok, tolerance=1e-3)(iteration=2)
         metrics = WeightSync(model, engine, tok, tolerance=ATOL)(iteration=3)
         assert metrics["sync/probe_max_diff"] < ATOL
         # sampling, not only scoring, now follows the new weights (the prefix cache was reset)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from longrl.rewards.length import length_rewards, length_weight
+from longrl.rewards.length import add_length_reward, length_rewards, length_weight
+from longrl.types import Prompt, Segment, Trajectory
 
 
 def test_hand_computed_group():
@@ -37,3 +38,17 @@ def test_mismatched_inputs_and_empty_group():
 def test_warmup_schedule():
     assert [length_weight(i, 0.3, warmup=2) for i in range(4)] == [0.0, 0.0, 0.3, 0.3]
     assert length_weight(0, 0.3, warmup=0) == 0.3
+
+
+def test_added_to_scored_trajectories_per_group():
+    def traj(prompt_id, n_tokens, reward):
+        return Trajectory(prompt=Prompt(id=prompt_id, text="q"), sample_index=0, prompt_ids=[1],
+                          segments=[Segment([7] * n_tokens, [0.0] * n_tokens, 0)], finish_reason="stop",
+                          reward=reward)
+
+    # group a: lengths 10 (correct), 30 (wrong) -> λ = 0.5, -0.5 ; group b: equal lengths -> 0
+    group = [traj("a", 10, 1.0), traj("a", 30, 0.0), traj("b", 5, 1.0), traj("b", 5, 0.0)]
+    metrics = add_length_reward(group, weight=0.2)
+    assert [t.reward for t in group] == pytest.approx([1.1, -0.1, 1.0, 0.0])
+    assert [t.reward_info["length"] for t in group] == pytest.approx([0.5, -0.5, 0.0, 0.0])
+    assert metrics["reward/length_mean"] == pytest.approx(0.0)

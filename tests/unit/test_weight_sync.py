@@ -10,20 +10,6 @@ from longrl.types import GenerationRequest, SamplingParams
 from longrl.weight_sync import WeightSync, WeightSyncError
 
 
-class Forgetful:
-    """An engine whose weight push is silently lost: the fault the sync check exists to catch."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def load_weights(self, state):
-        for _ in state:
-            pass
-
-    def score(self, *args, **kwargs):
-        return self.engine.score(*args, **kwargs)
-
-
 def _perturb(model, scale=0.02):
     with torch.no_grad():
         for p in model.parameters():
@@ -66,19 +52,19 @@ def test_sync_check_passes_after_a_real_push(trainer_and_engine):
         assert torch.equal(a, b)
 
 
-def test_sync_check_fails_loudly_when_weights_are_not_reloaded(trainer_and_engine):
+def test_sync_check_fails_loudly_when_weights_are_not_reloaded(trainer_and_engine, forgetful):
     model, engine, tok = trainer_and_engine
     _perturb(model)
-    sync = WeightSync(model, Forgetful(engine), tok, tolerance=1e-3)
+    sync = WeightSync(model, forgetful(engine), tok, tolerance=1e-3)
     with pytest.raises(WeightSyncError, match=r"differ from the trainer's by .* > tol 0.001 after "
                                               r"sync at iteration 7: weights were not reloaded"):
         sync(iteration=7)
 
 
-def test_sync_check_off_at_zero_tolerance(trainer_and_engine):
+def test_sync_check_off_at_zero_tolerance(trainer_and_engine, forgetful):
     model, engine, tok = trainer_and_engine
     _perturb(model)
-    assert "sync/probe_max_diff" not in WeightSync(model, Forgetful(engine), tok, tolerance=0)(1)
+    assert "sync/probe_max_diff" not in WeightSync(model, forgetful(engine), tok, tolerance=0)(1)
 
 
 def test_three_greedy_segments_equal_one_greedy_run(trainer_and_engine):

@@ -35,3 +35,22 @@ def length_rewards(lengths: Sequence[int], correct: Sequence[bool]) -> list[floa
 def length_weight(iteration: int, weight: float, warmup: int) -> float:
     """The weight of the length reward at `iteration` (0-based): 0 during warm-up, then `weight`."""
     return 0.0 if iteration < warmup else weight
+
+
+def add_length_reward(trajectories, weight: float) -> dict[str, float]:
+    """Add `weight * len_reward` to each scored trajectory, groups of k by `group_key`.
+
+    A response counts as correct when its task reward reaches 1. The part added is recorded in
+    `reward_info["length"]`. Returns `reward/length_mean` (the unweighted mean len_reward).
+    """
+    groups: dict[str, list] = {}
+    for t in trajectories:
+        groups.setdefault(t.group_key, []).append(t)
+    total, count = 0.0, 0
+    for group in groups.values():
+        parts = length_rewards([t.num_response_tokens for t in group], [t.reward >= 1.0 for t in group])
+        for t, part in zip(group, parts):
+            t.reward = float(t.reward) + weight * part
+            t.reward_info["length"] = part
+            total, count = total + part, count + 1
+    return {"reward/length_mean": total / max(count, 1), "reward/length_weight": weight}
