@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _isolated import measure_in_subprocess  # noqa: E402  (sibling module)
 
 SETTINGS = {  # model -> (prompts, k, max_new_tokens)
     "tiny": (16, 8, 48),
@@ -84,13 +85,9 @@ def main() -> None:
         return
     print(f"{'model':<9} {'completions':>11} {'new tok':>7} {'HF tok/s':>9} {'vLLM tok/s':>10} {'vLLM/HF':>8}")
     for name in args.models:
-        run = subprocess.run([sys.executable, __file__, "--one", name, "--repeat", str(args.repeat)],
-                             check=False, capture_output=True, text=True)
-        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-        if run.returncode or not lines:
-            print(f"{name}: failed\n{run.stderr[-3000:]}")
+        r = measure_in_subprocess(__file__, name, args.repeat)
+        if r is None:
             continue
-        r = json.loads(lines[-1][len("RESULT "):])
         hf, vllm = r["hf"][0], r["vllm"][0]
         print(f"{name:<9} {r['completions']:>11} {r['max_new_tokens']:>7} {hf:>9.0f} {vllm:>10.0f} {vllm / hf:>7.2f}x")
     print("goal: vLLM/HF >= 3x (best of --repeat runs each, alternating, same requests)")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ from pathlib import Path
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rollout_speed import model_dir
+from _isolated import measure_in_subprocess  # noqa: E402  (sibling module)
+from rollout_speed import model_dir  # noqa: E402
 
 MODELS = ["tiny", "smollm2"]
 
@@ -81,13 +81,9 @@ def main() -> None:
     print(f"{'model':<8} {'params':>7} {'copy s':>8} | {'HF load':>8} {'x':>6} {'+check':>8} | "
           f"{'vLLM load':>9} {'x':>6} {'+check':>8} {'x':>6} | probe diff HF / vLLM")
     for name in args.models:
-        run = subprocess.run([sys.executable, __file__, "--one", name, "--repeat", str(args.repeat)],
-                             check=False, capture_output=True, text=True)
-        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-        if run.returncode or not lines:
-            print(f"{name}: failed\n{run.stderr[-3000:]}")
+        r = measure_in_subprocess(__file__, name, args.repeat)
+        if r is None:
             continue
-        r = json.loads(lines[-1][len("RESULT "):])
         c = r["copy"]
         print(f"{name:<8} {r['params_m']:>6.2f}M {c:>8.4f} | {r['hf_load']:>8.4f} {r['hf_load'] / c:>5.1f}x "
               f"{r['hf_checked']:>8.4f} | {r['vllm_load']:>9.4f} {r['vllm_load'] / c:>5.1f}x "
