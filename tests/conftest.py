@@ -11,6 +11,24 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 transformers.utils.logging.disable_progress_bar()
 
 
+# The SFT warm-up the end-to-end RL tests start from: 2-digit addition, half of the examples
+# answer-only, so RL has a real signal to find (reasoning first earns reward).
+WARM_UP = ["tiny.hidden_size=128", "tiny.num_layers=2", "tiny.intermediate_size=512", "steps=200",
+           "lr=3e-3", "rows_per_step=32", "row_tokens=256", "world.tasks=['add']", "world.min_level=2",
+           "world.max_level=2", "world.direct_fraction=0.5", "eval.num_prompts=50", "eval.n_samples=2",
+           "log_every=20"]
+
+
+@pytest.fixture(scope="session")
+def warmed_up_model(tmp_path_factory):
+    """The model directory of one `longrl sft` run with WARM_UP, shared by the e2e tests."""
+    from longrl.cli import main
+
+    out = tmp_path_factory.mktemp("sft")
+    assert main(["sft", f"out_dir={out}", "name=sft", "--no-progress", *WARM_UP]) == 0
+    return out / "sft" / "final"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from longrl.config import TinyModelConfig

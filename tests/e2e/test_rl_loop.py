@@ -1,8 +1,8 @@
 """The whole k1.5 loop on a tiny model, on CPU: SFT warm-up, then RL that must learn.
 
-One SFT run and one RL run are shared by the tests (module fixtures), driven through the CLI as a
-user would. The warm-up mixes answer-only and step-by-step traces; the tiny model cannot add in
-one step, so RL has a real signal to find: reasoning first earns reward.
+One SFT run (`warmed_up_model` in conftest.py) and one RL run are shared by the tests, driven
+through the CLI as a user would. The warm-up mixes answer-only and step-by-step traces; the tiny
+model cannot add in one step, so RL has a real signal to find: reasoning first earns reward.
 """
 
 import json
@@ -13,9 +13,6 @@ from safetensors.torch import load_file
 
 from longrl.cli import main
 
-SFT = ["tiny.hidden_size=128", "tiny.num_layers=2", "tiny.intermediate_size=512", "steps=200", "lr=3e-3",
-       "rows_per_step=32", "row_tokens=256", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
-       "world.direct_fraction=0.5", "eval.num_prompts=50", "eval.n_samples=2", "log_every=20"]
 RL = ["iterations=12", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
       "rollout.prompts_per_iter=16", "rollout.samples_per_prompt=8", "rollout.max_new_tokens=48",
       "train.lr=5e-5", "train.mini_batch_size=32", "train.row_tokens=256", "eval.every=0",
@@ -23,10 +20,9 @@ RL = ["iterations=12", "world.tasks=['add']", "world.min_level=2", "world.max_le
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, warmed_up_model):
     out = tmp_path_factory.mktemp("runs")
-    assert main(["sft", f"out_dir={out}", "name=sft", "--no-progress", *SFT]) == 0
-    assert main(["train", f"out_dir={out}", "name=rl", f"model.path={out}/sft/final", "--no-progress", *RL]) == 0
+    assert main(["train", f"out_dir={out}", "name=rl", f"model.path={warmed_up_model}", "--no-progress", *RL]) == 0
     return out
 
 
@@ -34,13 +30,13 @@ def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_rl_raises_mean_reward_and_changes_parameters(runs):
+def test_rl_raises_mean_reward_and_changes_parameters(runs, warmed_up_model):
     rows = [r for r in _metrics(runs / "rl") if "reward/mean" in r]
     assert len(rows) == 12
     first = sum(r["reward/mean"] for r in rows[:3]) / 3
     last = sum(r["reward/mean"] for r in rows[-3:]) / 3
     assert last > first + 0.05, (first, last)
-    before = load_file(runs / "sft" / "final" / "model.safetensors")
+    before = load_file(warmed_up_model / "model.safetensors")
     after = load_file(runs / "rl" / "final" / "model.safetensors")
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)

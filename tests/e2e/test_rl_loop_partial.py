@@ -4,9 +4,8 @@ Same warm-up and task as tests/e2e/test_rl_loop.py, but each trajectory grows at
 per iteration (responses run to ~40), so most reasoning responses span two or three iterations
 and older segments are trained with truncated importance weights.
 
-The SFT warm-up is the one of test_rl_loop.py (same settings, ~2-3 minutes on 2 cores). When that
-module ran earlier in the same pytest session (it sorts first), its warm-up model is reused and
-this test takes ~15 s; otherwise the warm-up runs here.
+The SFT warm-up is the session-wide `warmed_up_model` of conftest.py (~2-3 minutes on 2 cores,
+run once for both modules).
 """
 
 import json
@@ -16,9 +15,6 @@ import torch
 
 from longrl.cli import main
 
-SFT = ["tiny.hidden_size=128", "tiny.num_layers=2", "tiny.intermediate_size=512", "steps=200", "lr=3e-3",
-       "rows_per_step=32", "row_tokens=256", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
-       "world.direct_fraction=0.5", "eval.num_prompts=50", "eval.n_samples=2", "log_every=20"]
 RL = ["iterations=12", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
       "rollout.prompts_per_iter=16", "rollout.samples_per_prompt=8", "rollout.max_new_tokens=48",
       "train.lr=5e-5", "train.mini_batch_size=32", "train.row_tokens=256", "eval.every=0",
@@ -28,27 +24,10 @@ RL = ["iterations=12", "world.tasks=['add']", "world.min_level=2", "world.max_le
       "repetition.enabled=true", "repetition.penalty=0.5"]
 
 
-def _warm_up_model(tmp_path_factory):
-    """test_rl_loop.py's SFT model of this session when its settings equal ours, else a new one."""
-    from longrl.config import SFTConfig, load_config
-
-    wanted = load_config(SFTConfig, None, SFT)
-    for done in sorted(tmp_path_factory.getbasetemp().glob("runs*/sft")):
-        if (done / "final" / "model.safetensors").is_file():
-            found = load_config(SFTConfig, done / "config.toml")
-            found.out_dir, found.name = wanted.out_dir, wanted.name
-            if found == wanted:
-                return done / "final"
-    out = tmp_path_factory.mktemp("sft_partial")
-    assert main(["sft", f"out_dir={out}", "name=sft", "--no-progress", *SFT]) == 0
-    return out / "sft" / "final"
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    model = _warm_up_model(tmp_path_factory)
+def run(tmp_path_factory, warmed_up_model):
     out = tmp_path_factory.mktemp("partial")
-    assert main(["train", f"out_dir={out}", "name=rl", f"model.path={model}", "--no-progress", *RL]) == 0
+    assert main(["train", f"out_dir={out}", "name=rl", f"model.path={warmed_up_model}", "--no-progress", *RL]) == 0
     return out / "rl"
 
 
