@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from longrl.types import Prompt
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -54,13 +56,20 @@ def load_policy(path: str | Path, dtype: str = "float32"):
     return model, tokenizer
 
 
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Token ids of a user message wrapped in the tokenizer's chat template, ready to answer."""
+def encode_prompt(tokenizer, prompt: str | list[dict] | Prompt) -> list[int]:
+    """Token ids of a prompt wrapped in the tokenizer's chat template, ready to answer.
+
+    `prompt` is a user message, a chat (a list of `{role, content}`), or a `Prompt` (its
+    `messages` when it has them, else its `text`). A tokenizer without a chat template gets the
+    plain text: the message contents joined by blank lines.
+    """
+    if isinstance(prompt, Prompt):
+        prompt = prompt.messages or prompt.text
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if tokenizer.chat_template:
-        encoded = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-    return tokenizer(text).input_ids
+    return tokenizer("\n\n".join(m["content"] for m in messages)).input_ids
 
 
 def token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor,

@@ -30,6 +30,9 @@ class Prompt:
     difficulty: float | None = None  # 0 easy .. 1 hard, from the data or from curation
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # chat messages [{role, content}] when the prompt is a conversation (e.g. with a system
+    # message); `text` is then its last user message, kept for logs
+    messages: list[dict[str, str]] | None = None
 
 
 @dataclass

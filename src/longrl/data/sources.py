@@ -1,66 +1,537 @@
-"""Prompt files: JSONL rows in the `Prompt` schema, validated with errors that say where.
+"""Prompt sources: every place RL prompts come from, turned into validated `Prompt`s (SPEC §1).
 
-One JSON object per line with at least `text` (the question) and `answer` (the reference);
-optional `id`, `tags`, `difficulty`, `source`. A malformed row raises `DataError` naming the file,
-the line and the field (`on_error="skip"` reports it on stderr and goes on instead).
+One entry point, `load_source(spec, on_error)`, reads a *spec string* (docs/data.md):
+
+    jsonl:PATH  parquet:PATH  csv:PATH      a file of rows; a bare path ending in .jsonl,
+                                            .parquet or .csv works too
+    hf:PATH[?split=train]                   a `datasets` dataset on local disk: saved with
+                                            `save_to_disk`, or a directory of data files
+    reasoning_gym:NAME[,NAME...][?size=N&seed=S&system=default]
+                                            procedural tasks, scored by the `reasoning_gym` reward
+    humaneval                               164 Python problems with tests (the `code` reward)
+    champ                                   270 competition math problems (the `math` reward)
+    world[?size=N&split=train|eval]         the tiny procedural world (`worlds.py`)
+
+Rows of a file (or dataset) map onto the `Prompt` schema by column name: the question is
+`text`, `prompt` or `question`, or `messages` (a chat list of `{role, content}`; a text column
+holding such a list counts too); the reference is `answer` or `solution`, or `tests` for code;
+optional `id`, `tags`, `difficulty` (0 easy .. 1 hard), `source`. Other columns go to
+`Prompt.meta`. Query options rename columns: `jsonl:qa.jsonl?text=q&answer=final`.
+
+Validation: a row with a missing field, a value of the wrong type, a line that is not JSON, or
+a repeated id is a `DataError` naming the file, the line (the row for Parquet and datasets) and
+the field. With `on_error="skip"` each bad row is reported on stderr with that same message
+and the load ends with a count; no row is ever dropped silently. A missing file, an unreadable
+file, an empty file, or a file with no good row is always an error.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import difflib
 import json
+import re
 import sys
+import tomllib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from longrl.types import Prompt
+
+OnError = Literal["raise", "skip"]
 
 
 class DataError(ValueError):
     """A data file or row that cannot be used; the message names the file, line and field."""
 
 
-_FIELDS = {"id": str, "text": str, "answer": str, "tags": list, "difficulty": (int, float), "source": str}
-_REQUIRED = ("text", "answer")
+# ----------------------------------------------------------------------------------------------
+# Spec strings
+# ----------------------------------------------------------------------------------------------
+
+_SUFFIX_KINDS = {".jsonl": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 
 
-def _prompt_from_row(row: object, where: str, line: int) -> Prompt:
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """A parsed spec string: `kind:target?key=value&...`."""
+
+    kind: str
+    target: str = ""
+    options: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def parse_spec(spec: str) -> SourceSpec:
+    """Split a spec string into kind, target and options; a bare data-file path gets its kind."""
+    head, _, query = spec.strip().partition("?")
+    options: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DataError(f"source {spec!r}: option {item!r} must look like key=value")
+        options[key] = value
+    suffix_kind = _SUFFIX_KINDS.get(Path(head).suffix.lower())
+    kind, colon, target = head.partition(":")
+    if suffix_kind and (not colon or kind not in LOADERS):
+        return SourceSpec(suffix_kind, head, options)
+    return SourceSpec(kind, target, options)
+
+
+def _check_options(spec: str, options: dict[str, str], valid: Sequence[str]) -> None:
+    for key in options:
+        if key not in valid:
+            listed = ", ".join(valid) if valid else "none"
+            raise DataError(f"source {spec!r}: unknown option {key!r} (valid options: {listed})")
+
+
+def _int_option(spec: str, options: dict[str, str], key: str, default: int) -> int:
+    try:
+        return int(options.get(key, default))
+    except ValueError:
+        raise DataError(f"source {spec!r}: option {key}={options[key]!r} must be an integer") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows -> Prompts: column mapping and validation (all tabular sources)
+# ----------------------------------------------------------------------------------------------
+
+# Prompt field -> the column names tried, in order, when the spec does not map it.
+_ALIASES = {
+    "id": ("id",), "text": ("text", "prompt", "question"), "messages": ("messages",),
+    "answer": ("answer", "solution"), "tests": ("tests",), "tags": ("tags",),
+    "difficulty": ("difficulty",), "source": ("source",),
+}  # fmt: skip
+_JSON_CELLS = ("messages", "tests")  # CSV cells of these fields hold JSON text
+
+
+def _column(row: dict, name: str, field_map: dict[str, str]) -> str | None:
+    """The column of `row` that holds Prompt field `name` (None if absent or empty)."""
+    candidates = (field_map[name],) if name in field_map else _ALIASES[name]
+    return next((c for c in candidates if row.get(c) not in (None, "")), None)
+
+
+def _type_error(column: str, expected: str, value: Any) -> DataError:
+    shown = f" {value!r}" if isinstance(value, str) else ""
+    return DataError(f"field {column!r} must be {expected}, got {type(value).__name__}{shown}")
+
+
+def _check_messages(column: str, value: Any) -> tuple[list[dict], str]:
+    """A chat list of {role, content} strings with a user turn; returns it and the last user turn."""
+    if not isinstance(value, list) or not value:
+        raise _type_error(column, "a non-empty list of {role, content} messages", value)
+    for i, message in enumerate(value, start=1):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            raise DataError(f"field {column!r}, message {i}: must be an object with string "
+                            f"'role' and 'content', got {json.dumps(message, default=str)[:80]}")
+    users = [m["content"] for m in value if m["role"] == "user"]
+    if not users:
+        raise DataError(f"field {column!r}: no message with role 'user'")
+    return [{"role": m["role"], "content": m["content"]} for m in value], users[-1]
+
+
+def _from_cell(name: str, column: str, value: str) -> Any:
+    """A CSV cell (always text) as the value of Prompt field `name`."""
+    if name in _JSON_CELLS:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"field {column!r} must hold JSON in a CSV cell ({exc.msg} at "
+                            f"column {exc.colno})") from None
+    if name == "tags":
+        return json.loads(value) if value.lstrip().startswith("[") else \
+            [t.strip() for t in value.split(",") if t.strip()]
+    if name == "difficulty":
+        try:
+            return float(value)
+        except ValueError:
+            raise DataError(f"field {column!r} must be a number, got {value!r}") from None
+    return value
+
+
+def _check_value(name: str, column: str, value: Any) -> Any:
+    if name in ("text", "answer", "source") and not isinstance(value, str):
+        raise _type_error(column, "a str", value)
+    if name == "id":
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise _type_error(column, "a str or an int", value)
+        return str(value)
+    if name == "tags" and not (isinstance(value, list) and all(isinstance(t, str) for t in value)):
+        raise _type_error(column, "a list of str", value)
+    if name == "tests" and not (isinstance(value, list) and all(isinstance(t, dict) for t in value)):
+        raise _type_error(column, "a list of test objects", value)
+    if name == "difficulty":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(column, "a number", value)
+        if not 0 <= value <= 1:
+            raise DataError(f"field {column!r} must be between 0 (easy) and 1 (hard), got {value}: "
+                            "rescale it, or leave it out and label difficulty by curation")
+        return float(value)
+    return value
+
+
+def prompt_from_row(row: Any, default_id: str, source: str, field_map: dict[str, str] | None = None,
+                    text_cells: bool = False) -> Prompt:
+    """One row (a dict of columns) as a `Prompt`; raises `DataError` naming the bad field.
+
+    `text_cells` says every value is text (CSV): JSON fields are parsed and numbers converted.
+    """
+    field_map = field_map or {}
     if not isinstance(row, dict):
-        raise DataError(f"{where}, line {line}: expected a JSON object, got {type(row).__name__}")
-    for name in _REQUIRED:
-        if name not in row:
-            raise DataError(f"{where}, line {line}: missing field {name!r}")
-    for name, kind in _FIELDS.items():
-        if name in row and row[name] is not None and not isinstance(row[name], kind):
-            expected = kind.__name__ if isinstance(kind, type) else "number"
-            raise DataError(f"{where}, line {line}: field {name!r} must be a {expected}, "
-                            f"got {type(row[name]).__name__}")
-    return Prompt(id=row.get("id") or f"{Path(where).stem}:{line}", text=row["text"], answer=row["answer"],
-                  tags=list(row.get("tags") or []), difficulty=row.get("difficulty"),
-                  source=row.get("source") or Path(where).name,
-                  meta={k: v for k, v in row.items() if k not in _FIELDS})
+        raise DataError(f"expected a JSON object, got {type(row).__name__}")
+    used = {name: _column(row, name, field_map) for name in _ALIASES}
+    values = {}
+    for name, column in used.items():
+        if column is None:
+            continue
+        value = row[column]
+        if text_cells and isinstance(value, str):
+            value = _from_cell(name, column, value)
+        if name == "text" and isinstance(value, list):
+            name = "messages"  # a text column holding a chat
+        values[name] = value if name == "messages" else _check_value(name, column, value)
+    if "messages" in values:
+        column = used["messages"] or used["text"]
+        values["messages"], values["text"] = _check_messages(column, values["messages"])
+    elif "text" not in values:
+        wanted = field_map.get("text") or field_map.get("messages")
+        raise DataError(f"missing field {wanted!r}" if wanted else
+                        "missing field 'text' (or 'prompt', 'question', 'messages')")
+    if "answer" not in values and "tests" not in values:
+        wanted = field_map.get("answer")
+        raise DataError(f"missing field {wanted!r}" if wanted else
+                        "missing field 'answer' (or 'solution', or 'tests' for code)")
+    known = {*field_map.values(), *(c for aliases in _ALIASES.values() for c in aliases)}
+    taken = {c for c in row if c in used.values() or (c in known and row[c] in (None, ""))}
+    return Prompt(id=values.get("id", default_id), text=values["text"], answer=values.get("answer"),
+                  tests=values.get("tests"), tags=list(values.get("tags", [])),
+                  difficulty=values.get("difficulty"), source=values.get("source", source),
+                  meta={k: v for k, v in row.items() if k not in taken}, messages=values.get("messages"))
 
 
-def load_prompts(path: str | Path, on_error: Literal["raise", "skip"] = "raise") -> list[Prompt]:
-    """Read a JSONL prompt file; malformed rows raise (or are reported and skipped)."""
-    path = Path(path)
+def _collect(rows: Iterator[tuple[str, Any]], where: str, name: str, on_error: OnError,
+             field_map: dict[str, str], text_cells: bool = False) -> list[Prompt]:
+    """Validate `(location, row)` pairs (a row may be a `DataError` already) under `on_error`.
+
+    `where` names the data in messages; `name` is the default `source` and the stem of default
+    ids (`<stem>:<line or row>`).
+    """
+    if on_error not in ("raise", "skip"):
+        raise DataError(f"on_error is {on_error!r}: use 'raise' or 'skip'")
+    prompts, seen, skipped = [], {}, 0
+    for location, row in rows:
+        try:
+            if isinstance(row, DataError):
+                raise row
+            prompt = prompt_from_row(row, f"{Path(name).stem}:{location.split()[-1]}", name,
+                                     field_map, text_cells)
+            if prompt.id in seen:
+                raise DataError(f"field 'id': {prompt.id!r} repeats the id of {seen[prompt.id]}")
+            seen[prompt.id] = location
+            prompts.append(prompt)
+        except DataError as exc:
+            message = f"{where}, {location}: {exc}"
+            if on_error == "raise":
+                raise DataError(message) from None
+            skipped += 1
+            print(f"skipping: {message}", file=sys.stderr)
+    if not prompts:
+        why = f"{skipped} malformed rows skipped" if skipped else "it is empty"
+        raise DataError(f"{where}: no prompts in the file ({why})")
+    if skipped:
+        print(f"{where}: skipped {skipped} malformed row(s), kept {len(prompts)}", file=sys.stderr)
+    return prompts
+
+
+# ----------------------------------------------------------------------------------------------
+# Tabular readers: each yields (location, row), where a row that cannot be read is a DataError
+# ----------------------------------------------------------------------------------------------
+
+_MAP_OPTIONS = tuple(_ALIASES)
+
+
+def _existing_file(spec: str, target: str) -> Path:
+    path = Path(target)
+    if not target:
+        raise DataError(f"source {spec!r}: no path given")
     if not path.is_file():
-        raise DataError(f"prompt file {str(path)!r} does not exist")
-    prompts, skipped = [], 0
-    with path.open() as f:
-        for line_no, line in enumerate(f, start=1):
+        raise DataError(f"prompt file {target!r} does not exist")
+    return path
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield f"line {line_no}", DataError(f"not UTF-8 text (byte {exc.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                prompts.append(_prompt_from_row(row, str(path), line_no))
-            except DataError as exc:
-                if on_error == "raise":
-                    raise
-                skipped += 1
-                print(f"skipping: {exc}", file=sys.stderr)
-    if not prompts:
-        raise DataError(f"{path}: no prompts in the file" + (f" ({skipped} malformed rows skipped)" if skipped else ""))
+                yield f"line {line_no}", json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                yield f"line {line_no}", DataError(f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                where = f"line {reader.line_num}"  # the record's last line
+                if None in row:
+                    yield where, DataError(f"{len(reader.fieldnames) + len(row[None])} cells but the "
+                                           f"header has {len(reader.fieldnames)} columns")
+                elif any(v is None for v in row.values()):
+                    yield where, DataError(f"{sum(v is not None for v in row.values())} cells but "
+                                           f"the header has {len(reader.fieldnames)} columns")
+                else:
+                    yield where, row
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except (pyarrow.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    for i, row in enumerate(table.to_pylist(), start=1):
+        yield f"row {i}", row
+
+
+def _load_file(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
+    _check_options(text, spec.options, _MAP_OPTIONS)
+    path = _existing_file(text, spec.target)
+    reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[spec.kind]
+    return _collect(reader(path), str(path), path.name, on_error, spec.options,
+                    text_cells=spec.kind == "csv")
+
+
+def _load_hf(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
+    """A `datasets` dataset on disk: `save_to_disk` output, or a directory of data files."""
+    _check_options(text, spec.options, (*_MAP_OPTIONS, "split"))
+    options = dict(spec.options)
+    split = options.pop("split", "train")
+    path = Path(spec.target)
+    if not path.exists():
+        raise DataError(f"dataset {spec.target!r} does not exist")
+    import datasets
+
+    try:
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            data = datasets.load_from_disk(str(path))
+        else:  # a directory of data files (or one file): `datasets` picks the builder
+            data = datasets.load_dataset(str(path))
+    except Exception as exc:  # noqa: BLE001 - `datasets` raises many types; say which file
+        raise DataError(f"{path}: not a readable dataset ({type(exc).__name__}: {exc})") from None
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise DataError(f"{path}: no split {split!r}; the splits are {', '.join(data)} "
+                            f"(choose one with ?split=NAME)")
+        data = data[split]
+    rows = ((f"row {i}", row) for i, row in enumerate(data, start=1))
+    return _collect(rows, f"{path} [{split}]", path.name, on_error, options)
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in sources
+# ----------------------------------------------------------------------------------------------
+
+_GYM_FORMAT = "Give your final answer between <answer> and </answer> tags."
+
+
+def _option_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # a bare string
+
+
+def _load_reasoning_gym(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
+    """`size` prompts from each named reasoning-gym generator, seeded (default seed 0).
+
+    Options other than size/seed/system go to every generator's config. `system` names one of
+    reasoning-gym's system prompts (default `default`; it asks for `<answer>` tags); `none` puts
+    no system message and appends the format instruction to the question instead.
+    """
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+    from reasoning_gym.utils import SYSTEM_PROMPTS
+
+    names = [n.strip() for n in spec.target.split(",") if n.strip()]
+    if not names:
+        raise DataError(f"source {text!r}: name at least one generator, e.g. reasoning_gym:chain_sum")
+    system = spec.options.get("system", "default")
+    if system != "none" and system not in SYSTEM_PROMPTS:
+        raise DataError(f"source {text!r}: unknown system prompt {system!r} "
+                        f"(choose from none, {', '.join(SYSTEM_PROMPTS)})")
+    config = {k: _option_value(v) for k, v in spec.options.items() if k != "system"}
+    config["size"] = _int_option(text, spec.options, "size", 500)
+    config["seed"] = _int_option(text, spec.options, "seed", 0)
+    prompts = []
+    for name in names:
+        if name not in DATASETS or name == "composite":
+            close = difflib.get_close_matches(name, list(DATASETS), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise DataError(f"source {text!r}: unknown reasoning-gym generator {name!r}{hint} "
+                            f"({len(DATASETS)} generators: see reasoning_gym.factory.DATASETS)")
+        known = [f.name for f in dataclasses.fields(DATASETS[name][1])]
+        if unknown := [key for key in config if key not in known]:
+            raise DataError(f"source {text!r}: generator {name!r} has no option {unknown[0]!r} "
+                            f"(its options: {', '.join(known)})")
+        try:
+            dataset = reasoning_gym.create_dataset(name, **config)
+        except (AssertionError, TypeError, ValueError) as exc:  # `validate()` asserts and compares
+            raise DataError(f"source {text!r}: generator {name!r} rejects its config "
+                            f"{config}: {exc or type(exc).__name__}") from None
+        _check_scorer(text, name, dataset)
+        prompts += [_gym_prompt(name, i, entry, config, dataset.category, system)
+                    for i, entry in enumerate(dataset)]
     return prompts
+
+
+_JUNK_ANSWER = "not an answer"
+
+
+def _check_scorer(text: str, name: str, dataset) -> None:
+    """Refuse a generator whose scorer gives full credit to a junk answer: it cannot teach.
+
+    (reasoning-gym 0.1.25's `game_of_life_halting` compares `bool(answer) == bool(reference)`,
+    so every non-empty answer scores 1.)
+    """
+    try:
+        junk = float(dataset.score_answer(_JUNK_ANSWER, dataset[0]))
+    except Exception:  # noqa: BLE001 - a scorer that rejects junk by raising is fine
+        return
+    if junk >= 1.0:
+        raise DataError(f"source {text!r}: the scorer of reasoning-gym generator {name!r} gives full "
+                        f"credit to the answer {_JUNK_ANSWER!r}, so it would reward anything; "
+                        "leave this generator out")
+
+
+def _gym_prompt(name: str, index: int, entry: dict, config: dict, category: str, system: str) -> Prompt:
+    question = entry["question"]
+    if system == "none":
+        messages = [{"role": "user", "content": f"{question}\n\n{_GYM_FORMAT}"}]
+    else:
+        from reasoning_gym.utils import SYSTEM_PROMPTS
+
+        messages = [{"role": "system", "content": SYSTEM_PROMPTS[system]},
+                    {"role": "user", "content": question}]
+    answer = entry.get("answer")
+    # the item is drawn from (options, seed, index); `size` only says how many there are
+    options = ",".join(f"{k}={v}" for k, v in sorted(config.items()) if k not in ("size", "seed"))
+    task = f"{name}[{options}]" if options else name
+    return Prompt(id=f"reasoning_gym/{task}/{config['seed']}/{index}", text=messages[-1]["content"],
+                  answer=answer if isinstance(answer, str) else None,
+                  tags=["reasoning_gym", name, category], source="reasoning_gym", messages=messages,
+                  meta={"reasoning_gym": {"dataset": name, "config": config, "index": index,
+                                          "entry": entry}})
+
+
+def _load_humaneval(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
+    """The 164 HumanEval problems, `tests` in the code reward's HumanEval shape."""
+    _check_options(text, spec.options, ())
+    from longrl.rewards.code import load_humaneval
+
+    return load_humaneval()
+
+
+# CHAMP answers are sentences ("C(10, 5), or equivalently 252", "0 is the only possible value");
+# these rewrites reduce them to the checkable form a boxed model answer is compared against.
+_CHAMP_REWRITES = [
+    (re.compile(r"^.*?, or (?:equivalently|an equivalent form such as) (.+)$"), r"\1"),
+    (re.compile(r"^(.*?), or approximately .*$"), r"\1"),
+    (re.compile(r"^(\S+) \(.*\)$"), r"\1"),  # "100 (i.e., all values)"
+    (re.compile(r"^(\S+) is the only possible value$"), r"\1"),
+    (re.compile(r"^The (?:limit exists and is equal to|only possible value for the limit is) (.+)$"), r"\1"),
+    (re.compile(r"^(\d+) (?:values|pairs|roots|inequalities)$"), r"\1"),
+]
+_CHAMP_FORMAT = "Put your final answer in \\boxed{}."
+
+
+def champ_answer(raw: str) -> str:
+    """The checkable core of a CHAMP answer: `'C(10, 5), or equivalently 252'` -> `'252'`."""
+    for pattern, replacement in _CHAMP_REWRITES:
+        raw = pattern.sub(replacement, raw)
+    return raw.strip()
+
+
+def _load_champ(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
+    """The 270 CHAMP problems (champ-dataset, v0), tags `math`, `champ` and the category."""
+    _check_options(text, spec.options, ())
+    import champ_dataset
+
+    prompts = []
+    for pid, problem in champ_dataset.load("v0").problems.items():
+        answer = champ_answer(problem.answer)
+        yes_no = ["yes_no"] if answer in ("Yes", "No") else []  # easy to guess (SPEC §1)
+        prompts.append(Prompt(
+            id=f"champ/{pid}", text=f"{problem.text}\n\n{_CHAMP_FORMAT}", answer=answer,
+            tags=["math", "champ", problem.category.lower(), *yes_no], source="champ",
+            meta={"raw_answer": problem.answer}))
+    return prompts
+
+
+def _load_world(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
+    """The tiny world of the default `WorldConfig` (seed and size optional)."""
+    _check_options(text, spec.options, ("size", "seed", "split"))
+    from longrl.config import WorldConfig
+    from longrl.data.worlds import World
+
+    config = WorldConfig(seed=_int_option(text, spec.options, "seed", 0))
+    split = spec.options.get("split", "train")
+    if split not in ("train", "eval"):
+        raise DataError(f"source {text!r}: split must be train or eval, got {split!r}")
+    world = World(config)
+    if split == "eval":
+        return world.eval_prompts()
+    return world.train_prompts(_int_option(text, spec.options, "size", config.train_size))
+
+
+Loader = Callable[[SourceSpec, str, OnError], list[Prompt]]
+LOADERS: dict[str, Loader] = {
+    "jsonl": _load_file, "parquet": _load_file, "csv": _load_file, "hf": _load_hf,
+    "reasoning_gym": _load_reasoning_gym, "humaneval": _load_humaneval, "champ": _load_champ,
+    "world": _load_world,
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+# ----------------------------------------------------------------------------------------------
+
+
+def load_source(spec: str, on_error: OnError = "raise") -> list[Prompt]:
+    """The prompts of one spec string (module docstring); bad rows raise or are reported."""
+    parsed = parse_spec(spec)
+    if parsed.kind not in LOADERS:
+        raise DataError(f"source {spec!r}: unknown kind {parsed.kind!r}; kinds are "
+                        f"{', '.join(LOADERS)} (or a path ending in .jsonl, .parquet or .csv)")
+    return LOADERS[parsed.kind](parsed, spec, on_error)
+
+
+def load_sources(specs: Sequence[str], on_error: OnError = "raise") -> list[Prompt]:
+    """The prompts of several specs, concatenated in order; ids must be unique across them."""
+    prompts, origin = [], {}
+    for spec in specs:
+        for prompt in load_source(spec, on_error):
+            if prompt.id in origin:
+                raise DataError(f"prompt id {prompt.id!r} comes from both {origin[prompt.id]!r} and "
+                                f"{spec!r}: give the rows distinct ids (or drop the repeated source)")
+            origin[prompt.id] = spec
+            prompts.append(prompt)
+    return prompts
+
+
+def load_prompts(path: str | Path, on_error: OnError = "raise") -> list[Prompt]:
+    """A JSONL prompt file (`load_source("jsonl:PATH")`)."""
+    return load_source(f"jsonl:{path}", on_error)

@@ -39,7 +39,7 @@ def _import_builtin_rewards() -> None:
     # Importing a reward module registers it; optional ones need their extras installed.
     import longrl.data.worlds  # noqa: F401  (registers "world")
 
-    for module in ("longrl.rewards.math", "longrl.rewards.code"):
+    for module in ("longrl.rewards.math", "longrl.rewards.code", "longrl.rewards.gym"):
         try:
             __import__(module)
         except ImportError:
