@@ -2,14 +2,17 @@
 
 pass@1 is the mean correctness over n sampled responses per prompt (the paper averages 8 runs);
 pass@k is the unbiased estimate 1 − C(n−c, k) / C(n, k) from the same n samples, with c of them
-correct; mean response tokens are reported beside every accuracy.
+correct; mean response tokens are reported beside every accuracy. `token_efficiency` puts several
+checkpoints on the same prompts and seed, for the accuracy-vs-tokens comparison of long2short (SPEC §7).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from math import comb
+from pathlib import Path
 
 from longrl.config import EvalConfig
 from longrl.models import encode_prompt
@@ -36,7 +39,7 @@ def evaluate(engine, tokenizer, prompts: Sequence[Prompt], rewards: dict[str, tu
     n = config.n_samples
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-    prompt_ids = [encode_prompt(tokenizer, p.text) for p in prompts]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     requests = [GenerationRequest(ids) for ids in prompt_ids for _ in range(n)]
     start = time.perf_counter()
     completions = engine.generate(requests, params)
@@ -59,3 +62,28 @@ def evaluate(engine, tokenizer, prompts: Sequence[Prompt], rewards: dict[str, tu
             per_prompt = [sum(correct[i * n:(i + 1) * n]) for i in range(len(prompts))]
             metrics[f"eval/pass@{k}"] = sum(pass_at_k(n, c, k) for c in per_prompt) / max(len(prompts), 1)
     return metrics
+
+
+@dataclass
+class EfficiencyRow:
+    """One checkpoint's point on the accuracy-vs-tokens plane (SPEC §7, token efficiency)."""
+
+    name: str
+    pass_at_1: float
+    mean_tokens: float
+
+
+def token_efficiency(checkpoints: Mapping[str, str | Path], prompts: Sequence[Prompt],
+                     rewards: dict[str, tuple[Reward, float]], config: EvalConfig, seed: int = 0,
+                     dtype: str = "float32", batch_size: int = 256) -> list[EfficiencyRow]:
+    """pass@1 and mean response tokens of each named checkpoint on the same prompts and seed."""
+    from longrl.models import load_policy
+    from longrl.rollout.engine import HFEngine
+
+    rows = []
+    for name, path in checkpoints.items():
+        model, tokenizer = load_policy(path, dtype)
+        engine = HFEngine(model, tokenizer, batch_size=batch_size, seed=seed)
+        metrics = evaluate(engine, tokenizer, prompts, rewards, config)
+        rows.append(EfficiencyRow(name, metrics["eval/pass@1"], metrics["eval/mean_tokens"]))
+    return rows

@@ -5,7 +5,9 @@ are masked from the loss, and several examples are packed into one row (their po
 so attention stays inside each example). The loss is the mean token cross-entropy over trace
 tokens; the learning rate warms up linearly and decays with a cosine to a tenth of its peak.
 The world's traces are verified by construction (they are computed, not sampled). With
-`world.direct_fraction` > 0 some examples answer directly, with no chain of thought.
+`world.direct_fraction` > 0 some examples answer directly, with no chain of thought. With
+`data_file` the examples are instead the `prompt`/`response` rows of a JSONL file (for instance the
+shortest correct samples that `longrl shortest-rs` keeps, SPEC §7).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from longrl.config import SFTConfig, dump_toml
+from longrl.data.sources import DataError
 from longrl.data.worlds import World, build_char_tokenizer, build_tiny_model
 from longrl.evaluate import evaluate
 from longrl.models import encode_prompt, load_model, load_tokenizer, token_logprobs
@@ -33,10 +36,36 @@ def sft_example(tokenizer, prompt: Prompt, direct: bool = False) -> tuple[list[i
 
     `direct` uses the answer-only trace instead of the chain of thought.
     """
-    prompt_ids = encode_prompt(tokenizer, prompt.text)
-    trace = prompt.meta["direct" if direct else "trace"]
-    trace_ids = tokenizer(trace, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return prompt_ids + trace_ids, [0.0] * len(prompt_ids) + [1.0] * len(trace_ids)
+    return text_example(tokenizer, prompt.text, prompt.meta["direct" if direct else "trace"])
+
+
+def load_sft_rows(path: str | Path) -> list[tuple[str, str]]:
+    """(prompt, response) pairs of a JSONL file with string fields `prompt` and `response`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"SFT data file {str(path)!r} does not exist")
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        for name in ("prompt", "response"):
+            if not isinstance(row, dict) or not isinstance(row.get(name), str):
+                raise DataError(f"{path}, line {number}: field {name!r} must be a string")
+        rows.append((row["prompt"], row["response"]))
+    if not rows:
+        raise DataError(f"{path}: no rows to train on")
+    return rows
+
+
+def text_example(tokenizer, prompt: str, response: str) -> tuple[list[int], list[float]]:
+    """(token ids, loss mask) of a chat-formatted prompt + response + end token; the mask is 1 on the response."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    response_ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return prompt_ids + response_ids, [0.0] * len(prompt_ids) + [1.0] * len(response_ids)
 
 
 def sft_loss(model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -59,6 +88,15 @@ def _initial_model(config: SFTConfig):
     return build_tiny_model(config.tiny, tokenizer, seed=config.seed), tokenizer
 
 
+def example_source(config: SFTConfig, tokenizer, world: World, rng: random.Random):
+    """A function drawing one random (ids, mask) training example: a `data_file` row or a world trace."""
+    if config.data_file:
+        rows = load_sft_rows(config.data_file)
+        return lambda: text_example(tokenizer, *rng.choice(rows))
+    pool = world.train_prompts(config.world.train_size)
+    return lambda: sft_example(tokenizer, rng.choice(pool), rng.random() < config.world.direct_fraction)
+
+
 def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     """Train, evaluate on the held-out split, save `<out_dir>/<name>/final`; return metrics."""
     from tqdm import tqdm
@@ -71,8 +109,7 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     (run_dir / "config.toml").write_text(dump_toml(config))
     model, tokenizer = _initial_model(config)
     world = World(config.world)
-    pool = world.train_prompts(config.world.train_size)
-    rng = random.Random(config.seed)
+    draw = example_source(config, tokenizer, world, random.Random(config.seed))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     log = (run_dir / "metrics.jsonl").open("w")
     bar = tqdm(range(config.steps), desc="sft", disable=not show_progress, dynamic_ncols=True)
@@ -81,7 +118,7 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     for step in bar:
         examples, budget = [], config.rows_per_step * config.row_tokens
         while budget > 0:
-            ids, mask = sft_example(tokenizer, rng.choice(pool), rng.random() < config.world.direct_fraction)
+            ids, mask = draw()
             examples.append((ids, mask))
             budget -= len(ids)
         rows = pack([e[0] for e in examples], [[e[1] for e in examples]], config.row_tokens,

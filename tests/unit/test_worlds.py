@@ -1,12 +1,21 @@
 """The tiny world: traces are correct arithmetic, the split is disjoint, the verifier is exact."""
 
+import itertools
 import random
 import re
 
 import pytest
 
 from longrl.config import WorldConfig
-from longrl.data.worlds import TASKS, World, build_char_tokenizer, check_answer, is_held_out, make_problem
+from longrl.data.worlds import (
+    TASKS,
+    World,
+    build_char_tokenizer,
+    check_answer,
+    format_trace,
+    is_held_out,
+    make_problem,
+)
 from longrl.rewards.registry import get_reward
 
 
@@ -106,3 +115,41 @@ def test_saved_tokenizer_loads_back_identically_with_auto_tokenizer(tiny_model_d
         assert loaded.decode(loaded(text, add_special_tokens=False).input_ids) == text
     assert len(loaded) == len(built)
     assert (loaded.pad_token_id, loaded.eos_token_id) == (built.pad_token_id, built.eos_token_id)
+
+
+def test_check_lines_by_hand():
+    from longrl.data.worlds import check_line
+
+    assert check_line("7+5+0=12 c1") == "check 7+5+0=12 ok"
+    assert check_line("2-5-0=7 b1") == "check 2-5-0=7 ok"
+    assert check_line("7*6+0=42 c4") == "check 7*6+0=42 ok"
+    assert check_line("12+30=42") == "check 12+30=42 ok"
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_verbose_traces_are_true_verified_and_vary_in_length(task):
+    from longrl.data.worlds import verbose_lines
+
+    world = World(WorldConfig(tasks=[task], min_level=2, max_level=3, trace_style="verbose", eval_size=60))
+    prompts = world.eval_prompts()
+    assert [r.score for r in get_reward("world")(prompts, [p.meta["trace"] for p in prompts])] == [1.0] * 60
+    for p in prompts:
+        for line in p.meta["trace"].splitlines()[:-1]:
+            if line.startswith("verify "):
+                expr, value = line.split()[1].split("=")
+                assert eval(expr) == int(value), line
+                assert line.endswith(" ok")
+    # one problem, different draws: the number of re-checks (so the length) varies
+    text, answer, lines = make_problem(task, 3, random.Random(0))
+    lengths = {len(format_trace(verbose_lines(text, lines, answer, random.Random(s)), answer)) for s in range(30)}
+    assert len(lengths) >= 3
+    # the concise trace is the verbose one with its check and verify lines removed
+    concise = World(WorldConfig(tasks=[task], min_level=2, max_level=3, eval_size=60)).eval_prompts()
+    assert [p.id for p in concise] == [p.id for p in prompts]
+    for c, v in zip(concise, prompts):
+        lines = v.meta["trace"].splitlines()
+        kept = [x for x in lines if not x.startswith(("check ", "verify "))]
+        assert kept == c.meta["trace"].splitlines()
+        for before, line in itertools.pairwise(lines):  # a check restates the step just before it
+            if line.startswith("check "):
+                assert line == f"check {before.split()[0]} ok"

@@ -16,6 +16,23 @@ of thought. For example, `347+285`:
     3+2+1=6 c0
     A: 632
 
+Trace styles (`WorldConfig.trace_style`). `concise` is the trace above. `verbose` re-checks its work
+the way a long chain of thought does (long2short, SPEC §7): each example draws a re-check rate p
+uniformly from [0, 1]; every step is followed, with probability p, by a line that re-checks it, and
+the answer is re-verified, with probability p, before the answer line:
+
+    7+5+0=12 c1
+    check 7+5+0=12 ok
+    4+8+1=13 c1
+    3+2+1=6 c0
+    check 3+2+1=6 ok
+    verify 347+285=632 ok
+    A: 632
+
+So correct traces of one problem differ in length, which is what the length reward and the
+long2short methods choose between. The re-check pattern is a function of the problem text and the
+world seed, never of the problem stream: a verbose world draws the same problems as a concise one.
+
 Held-out prompts are the problems whose text hashes to 0 modulo `_HOLDOUT_MODULUS`; training
 never draws them, so the split holds whatever the sizes and seeds.
 
@@ -108,6 +125,23 @@ def format_trace(lines: Sequence[str], answer: int) -> str:
     return "\n".join([*lines, f"A: {answer}"])
 
 
+def check_line(line: str) -> str:
+    """The re-check of one step line: the step's equation stated again, `7+5+0=12 c1` -> `check 7+5+0=12 ok`."""
+    return f"check {line.split(' ')[0]} ok"
+
+
+def verbose_lines(question: str, lines: Sequence[str], answer: int, rng: random.Random) -> list[str]:
+    """`lines` with re-checks and a final re-verification at a rate p ~ U(0, 1) drawn from `rng`."""
+    rate, out = rng.random(), []
+    for line in lines:
+        out.append(line)
+        if rng.random() < rate:
+            out.append(check_line(line))
+    if rng.random() < rate:
+        out.append(f"verify {question}={answer} ok")
+    return out
+
+
 def is_held_out(text: str) -> bool:
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % _HOLDOUT_MODULUS == 0
@@ -122,6 +156,8 @@ class World:
                 raise ValueError(f"world.tasks: unknown task {task!r}; choose from {TASKS}")
         if not 1 <= config.min_level <= config.max_level:
             raise ValueError("world: need 1 <= min_level <= max_level")
+        if config.trace_style not in ("concise", "verbose"):
+            raise ValueError(f"world.trace_style is {config.trace_style!r}: choose 'concise' or 'verbose'")
         self.config = config
 
     def _draw(self, rng: random.Random, held_out: bool) -> Prompt:
@@ -131,6 +167,8 @@ class World:
             text, answer, lines = make_problem(task, level, rng)
             if is_held_out(text) == held_out:
                 span = max(self.config.max_level - self.config.min_level, 1)
+                if self.config.trace_style == "verbose":
+                    lines = verbose_lines(text, lines, answer, random.Random(f"verbose:{self.config.seed}:{text}"))
                 return Prompt(
                     id=f"{task}:{text}", text=text, answer=str(answer),
                     tags=[f"task:{task}", f"level:{level}"],
