@@ -70,6 +70,10 @@ class WorldConfig:
     train_file: str = opt("", "Optional JSONL of prompts (`id`, `text`, `answer`) instead of the "
                           "procedural generator.")
     seed: int = opt(0, "Seed of the task generator.")
+    trace_style: Literal["concise", "verbose"] = opt(
+        "concise", "Chain-of-thought style of the reference traces: `concise` (one line per step) or "
+                   "`verbose` (steps re-checked and the answer re-verified, a random number of times "
+                   "per example, so correct traces of one problem differ in length; long2short, SPEC §7).")
 
 
 @dataclass
@@ -93,6 +97,11 @@ class RolloutConfig:
     vllm_prefix_caching: bool = opt(
         True, "vLLM: reuse the KV cache of shared prefixes (the k samples of a prompt, continued "
               "partial rollouts). Reset after every weight load.")
+    vllm_inplace_sync: bool = opt(
+        False, "vLLM on CPU: keep plain weight tensors (no oneDNN packing) so a weight sync is an "
+               "in-place copy: 1.2x a plain copy on SmolLM2-135M instead of 7.2x, but decoding runs "
+               "at ~0.8x (docs/rollout.md). Worth it only when syncs outweigh rollouts. No effect "
+               "on GPU.")
     sync_check_tolerance: float = opt(
         1e-3, "Largest |engine - trainer| log-prob gap on a fixed probe sequence tolerated after a "
               "weight sync (nats). A larger gap raises WeightSyncError: the engine is not sampling "
@@ -209,6 +218,84 @@ class PartialRolloutConfig:
 
 
 @dataclass
+class SamplerConfig:
+    """Which prompts each iteration trains on (SPEC §5; the exact policies are in `longrl.sampler`)."""
+
+    kind: Literal["uniform", "prioritized"] = opt(
+        "uniform", "How prompts are drawn from the current pool: `uniform` (each once per epoch, "
+                   "reshuffled) or `prioritized` (p_i ∝ max(1 − s_i, floor), s_i the prompt's success "
+                   "rate; paper §2.3.4).")
+    curriculum: Literal["none", "warmup_then_hard", "phases"] = opt(
+        "none", "Which prompts may be drawn when: `none` (all, always); `warmup_then_hard` (the paper's "
+                "Fig. 9: all prompts for `warmup_iterations`, then difficulty >= `hard_threshold` only); "
+                "`phases` (the `phase_*` lists). Composes with either `kind`.")
+    warmup_iterations: int = opt(20, "`warmup_then_hard`: iterations over the whole pool before the "
+                                 "hard-only phase (0 = hard only from the start).")
+    hard_threshold: float = opt(0.5, "Difficulty (0 easy .. 1 hard) from which a prompt counts as hard: "
+                                "the pool of the hard phase and the `sampler/hard_share` metric.")
+    phase_iterations: list[int] = opt([], "`phases`: length of each phase in iterations (>= 1); the last "
+                                      "phase lasts until the end of the run, whatever its length.")
+    phase_min_difficulty: list[float] = opt([], "`phases`: lowest difficulty each phase admits.")
+    phase_max_difficulty: list[float] = opt(
+        [], "`phases`: highest difficulty each phase admits. A prompt with no difficulty label is "
+            "admitted only by phases spanning the whole [0, 1].")
+    phase_tags: list[list[str]] = opt(
+        [], "`phases`, optional: per phase, tags of which a prompt needs one (e.g. [[\"level:2\"], []]); "
+            "empty = no tag filter.")
+    floor: float = opt(0.05, "`prioritized`: ε, the least weight of a prompt, so solved prompts are "
+                       "still revisited (ours; the paper has none). In (0, 1].")
+    prior: float = opt(0.5, "`prioritized`: success rate assumed for a prompt never sampled (ours).")
+    ema: float = opt(0.0, "`prioritized`: 0 = s_i is the mean correctness over all its responses so "
+                     "far; α in (0, 1] = moving average s_i ← (1 − α) s_i + α × this iteration's share.")
+
+    def __post_init__(self) -> None:
+        if self.warmup_iterations < 0 or not 0 <= self.hard_threshold <= 1:
+            raise ConfigError("sampler: need warmup_iterations >= 0 and 0 <= hard_threshold <= 1")
+        if not 0 < self.floor <= 1 or not 0 <= self.prior <= 1 or not 0 <= self.ema <= 1:
+            raise ConfigError(f"sampler: need 0 < floor <= 1, 0 <= prior <= 1, 0 <= ema <= 1 (got floor="
+                              f"{self.floor}, prior={self.prior}, ema={self.ema}); a floor of 0 would never "
+                              "draw a solved prompt again: use a small value such as 0.01")
+        lists = {"phase_iterations": self.phase_iterations, "phase_min_difficulty": self.phase_min_difficulty,
+                 "phase_max_difficulty": self.phase_max_difficulty, "phase_tags": self.phase_tags}
+        if self.curriculum != "phases":
+            given = [name for name, values in lists.items() if values]
+            if given:
+                raise ConfigError(f"sampler.{given[0]} is set but sampler.curriculum is "
+                                  f"{self.curriculum!r}: set curriculum = \"phases\" or remove it")
+            return
+        n = len(self.phase_iterations)
+        if n == 0:
+            raise ConfigError("sampler.curriculum is \"phases\" but sampler.phase_iterations is empty: "
+                              "give one length per phase")
+        for name, values in lists.items():
+            if len(values) != n and not (name == "phase_tags" and not values):
+                raise ConfigError(f"sampler.{name} has {len(values)} entries but sampler.phase_iterations "
+                                  f"has {n}: give one per phase")
+        for j, (length, lo, hi) in enumerate(zip(self.phase_iterations, self.phase_min_difficulty,
+                                                 self.phase_max_difficulty)):
+            if length < 1 and j < n - 1:
+                raise ConfigError(f"sampler.phase_iterations[{j}] is {length}: every phase but the last "
+                                  "needs at least 1 iteration")
+            if not 0 <= lo <= hi <= 1:
+                raise ConfigError(f"sampler phase {j}: need 0 <= phase_min_difficulty <= "
+                                  f"phase_max_difficulty <= 1, got [{lo}, {hi}]")
+
+
+@dataclass
+class DataConfig:
+    """Prompt sources of an RL run (`longrl.data.sources`; spec strings in docs/data.md)."""
+
+    train: list[str] = opt([], "Source specs of the training pool, concatenated (`jsonl:PATH`, "
+                           "`parquet:PATH`, `csv:PATH`, `hf:DIR?split=train`, "
+                           "`reasoning_gym:NAME?size=N`, `humaneval`, `champ`, `world`). "
+                           "Empty = the tiny world (or world.train_file).")
+    eval: list[str] = opt([], "Source specs of the held-out prompts. Empty = the world's held-out split.")
+    on_error: Literal["raise", "skip"] = opt(
+        "raise", "A malformed row: `raise` stops with an error naming file, line and field; `skip` "
+                 "reports it on stderr, goes on, and prints the count of skipped rows.")
+
+
+@dataclass
 class RunConfig:
     """An RL run (`longrl train`)."""
 
@@ -221,6 +308,7 @@ class RunConfig:
     log_samples: int = opt(4, "Full trajectories written to samples/ per iteration.")
     model: ModelConfig = field(default_factory=ModelConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -228,6 +316,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
 @dataclass
@@ -245,10 +334,176 @@ class SFTConfig:
     rows_per_step: int = opt(8, "Packed rows per optimizer step.")
     row_tokens: int = opt(1024, "Tokens per packed row; several examples share a row.")
     log_every: int = opt(25, "Log the loss every N steps.")
+    data_file: str = opt("", "Optional JSONL of `prompt`/`response` rows to train on instead of the "
+                         "world's traces (e.g. written by `longrl shortest-rs`); evaluation still uses "
+                         "the world's held-out split.")
     model: ModelConfig = field(default_factory=ModelConfig)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class L2SSampleConfig:
+    """n responses per training prompt from the long model (long2short, SPEC §7)."""
+
+    num_prompts: int = opt(512, "Training prompts to sample (drawn from the world's training split).")
+    n: int = opt(8, "Responses per prompt (paper: 8).")
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling threshold (1.0 = off).")
+    max_new_tokens: int = opt(128, "Longest response; a truncated response never counts as correct.")
+    batch_size: int = opt(256, "Sequences generated together.")
+    samples_file: str = opt("", "Reuse the `samples.jsonl` of an earlier shortest-rs or DPO run "
+                            "instead of sampling anew (same model, so the same distribution).")
+
+    def __post_init__(self) -> None:
+        if self.n < 2:
+            raise ConfigError(f"sample.n is {self.n}: choosing the shortest needs at least 2 samples")
+
+
+@dataclass
+class ShortestRSConfig:
+    """Shortest rejection sampling (`longrl shortest-rs`, SPEC §7): SFT on the shortest correct sample."""
+
+    name: str = opt("shortest_rs", "Run name: outputs go to `<out_dir>/<name>/`.")
+    out_dir: str = opt("runs", "Parent directory of run directories.")
+    seed: int = opt(0, "Seed for sampling and data order.")
+    threads: int = opt(0, "torch intra-op threads (0 = torch default).")
+    steps: int = opt(150, "SFT optimizer steps on the kept samples (as `longrl sft`).")
+    lr: float = opt(1e-3, "Peak SFT learning rate (linear warm-up, cosine decay).")
+    warmup_steps: int = opt(10, "SFT linear warm-up steps.")
+    rows_per_step: int = opt(16, "Packed rows per SFT step.")
+    row_tokens: int = opt(256, "Tokens per packed row.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    sample: L2SSampleConfig = field(default_factory=L2SSampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class DPOConfig:
+    """DPO towards short answers (`longrl dpo`, SPEC §7): pairs by the k1.5 rule, frozen reference."""
+
+    name: str = opt("dpo", "Run name: outputs go to `<out_dir>/<name>/`.")
+    out_dir: str = opt("runs", "Parent directory of run directories.")
+    seed: int = opt(0, "Seed for sampling and data order.")
+    threads: int = opt(0, "torch intra-op threads (0 = torch default).")
+    beta: float = opt(0.1, "β of the DPO loss: how far from the reference the policy may move (DPO paper: 0.1).")
+    length_ratio: float = opt(1.5, "A correct response is a negative when longer than this times the "
+                              "shortest correct one (paper: 1.5).")
+    steps: int = opt(100, "Optimizer steps.")
+    lr: float = opt(1e-5, "AdamW learning rate (linear warm-up, then constant). Measured on the tiny "
+                    "world (docs/long2short.md): 3e-5 and above collapse the policy within 50 steps.")
+    warmup_steps: int = opt(10, "Linear warm-up steps.")
+    pairs_per_step: int = opt(32, "Preference pairs per optimizer step.")
+    row_tokens: int = opt(512, "Tokens per packed row in the forward pass.")
+    log_every: int = opt(10, "Log the loss every N steps.")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    sample: L2SSampleConfig = field(default_factory=L2SSampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ConfigError(f"beta is {self.beta}: DPO needs β > 0 (0.1 is the usual value)")
+        if self.length_ratio < 1:
+            raise ConfigError(f"length_ratio is {self.length_ratio}: give a ratio >= 1 (paper: 1.5)")
+
+
+CURATE_STEPS = ("exact_dedupe", "near_dedupe", "decontaminate", "exclude_guessable", "easy_to_hack",
+                "pass_rate", "balance")
+
+
+@dataclass
+class CurateConfig:
+    """Offline curation of an RL prompt set (`longrl curate`, SPEC §1; `longrl.data.curate`)."""
+
+    name: str = opt("curate", "Output name: curated.jsonl and the report go to `<out_dir>/<name>/`.")
+    out_dir: str = opt("runs", "Parent directory of the output directory.")
+    sources: list[str] = opt([], "Prompt sources to curate, as source specs (`jsonl:PATH`, "
+                             "`reasoning_gym:leg_counting?size=50`, `champ`, ...; docs/data.md).")
+    eval_sources: list[str] = opt([], "Evaluation sets the training prompts are decontaminated against.")
+    on_error: Literal["raise", "skip"] = opt("raise", "A malformed source row: `raise` stops, `skip` "
+                                             "reports it on stderr and goes on.")
+    limit: int = opt(0, "Curate only the first N loaded prompts (0 = all).")
+    steps: list[str] = opt(list(CURATE_STEPS), "Steps to run, in this order. `easy_to_hack` and "
+                           "`pass_rate` sample from model.path; the others are text rules.")
+    seed: int = opt(0, "Seed of the engine's sampling and of the balance draw.")
+    threads: int = opt(0, "torch intra-op threads (0 = torch default).")
+    near_threshold: float = opt(0.8, "Near duplicates: estimated Jaccard similarity of shingle sets at "
+                                "or above which a later prompt is dropped.")
+    near_num_perm: int = opt(128, "Near duplicates: MinHash permutations (more = tighter estimate).")
+    near_shingle: Literal["word", "char"] = opt("word", "Near duplicates: shingles of words or characters.")
+    near_shingle_size: int = opt(3, "Near duplicates: words (or characters) per shingle; 3 words or 5 chars suit.")
+    near_same_numbers: bool = opt(True, "Near duplicates must also contain the same numbers in order: "
+                                  "templated problems that differ only in numbers are kept.")
+    ngram: int = opt(13, "Decontamination: n of the word n-grams shared with an eval prompt (13 as in GPT-3).")
+    common_share: float = opt(
+        0.1, "Boilerplate: text in more than this share of the prompts (and in more than 3) - a "
+             "template, a standing instruction - is left out of near-duplicate similarity, and n-grams "
+             "common to an eval set are not contamination. 1.0 = off.")
+    guessable_rules: list[str] = opt(["multiple_choice", "true_false", "proof"],
+                                     "Guessable question types to exclude (SPEC §1).")
+    reward_rules: list[str] = opt(
+        ["reasoning_gym=reasoning_gym", "champ=math", "humaneval=code", "world=world"],
+        "`KEY=REWARD`: a prompt whose source, source family (before ':') or tag is KEY is judged by "
+        "REWARD, first match wins; a loader's meta['reward'] takes precedence.")
+    default_reward: str = opt("", "Reward for prompts no rule matches ('' = such a prompt is an error).")
+    correct_threshold: float = opt(1.0, "A sample is correct when its reward reaches this.")
+    guesses: int = opt(8, "Easy-to-hack: answers sampled without a chain of thought; any correct one "
+                       "drops the prompt (SPEC §1: 8).")
+    hack_template: str = opt("{question}\n\nReply with the final answer only, without any explanation.",
+                             "Easy-to-hack: the user message; `{question}` is replaced by the prompt text.")
+    hack_formats: list[str] = opt(
+        ["world=A: {guess}", "math=\\boxed{{guess}}", "reasoning_gym=<answer>{guess}</answer>"],
+        "Easy-to-hack: `REWARD=FORMAT`, the answer format that reward reads; a guess is forced to "
+        "start with the text before `{guess}`, and its first line fills `{guess}`.")
+    hack_max_new_tokens: int = opt(24, "Easy-to-hack: longest guess, in tokens (short: no room to reason).")
+    hack_temperature: float = opt(1.0, "Easy-to-hack: sampling temperature of the guesses.")
+    n_samples: int = opt(10, "Pass rate: samples per prompt at rollout.temperature (SPEC §1: 10 at 1.0).")
+    bucket_edges: list[float] = opt([0.3, 0.7], "Difficulty d = 1 - pass rate is easy if d < first "
+                                    "edge, medium if d < second, else hard.")
+    drop_solved: bool = opt(True, "Drop prompts whose every sample was correct (pass rate 1.0).")
+    min_difficulty: float = opt(0.0, "Keep prompts with difficulty >= this (after the pass rate).")
+    max_difficulty: float = opt(1.0, "Keep prompts with difficulty <= this (1.0 keeps never-solved ones).")
+    balance_tag_prefix: str = opt("", "Balance: a prompt's group is its first tag starting with this.")
+    max_per_tag: int = opt(0, "Balance: most prompts kept per group (0 = no cap).")
+    target_shares: list[str] = opt([], "Balance: `TAG=WEIGHT` relative shares among the named groups.")
+    report_examples: int = opt(3, "Examples shown per drop reason in the report.")
+    chunk_prompts: int = opt(16, "Prompts sent to the engine at a time (progress is reported per chunk).")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)  # the pass-rate samples
+
+    def __post_init__(self) -> None:
+        for step in self.steps:
+            if step not in CURATE_STEPS:
+                close = difflib.get_close_matches(step, CURATE_STEPS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"steps: unknown step {step!r}{hint} (steps: {', '.join(CURATE_STEPS)})")
+        if not 0 < self.common_share <= 1:
+            raise ConfigError(f"common_share is {self.common_share}: give a share in (0, 1] (1.0 = off)")
+        if not 0 < self.near_threshold <= 1:
+            raise ConfigError(f"near_threshold is {self.near_threshold}: give a similarity in (0, 1]")
+        if self.ngram < 1 or self.n_samples < 1 or self.guesses < 1 or self.near_shingle_size < 1:
+            raise ConfigError("ngram, n_samples, guesses and near_shingle_size must be at least 1")
+        if len(self.bucket_edges) != 2 or not 0 <= self.bucket_edges[0] <= self.bucket_edges[1] <= 1:
+            raise ConfigError(f"bucket_edges is {self.bucket_edges}: give two edges 0 <= a <= b <= 1")
+        if not 0 <= self.min_difficulty <= self.max_difficulty <= 1:
+            raise ConfigError("need 0 <= min_difficulty <= max_difficulty <= 1")
+        if "{question}" not in self.hack_template:
+            raise ConfigError("hack_template must contain `{question}` (where the prompt text goes)")
+        for item in self.hack_formats:
+            if "{guess}" not in item:
+                raise ConfigError(f"hack_formats: {item!r} has no `{{guess}}` (where the guess goes)")
+        for name in ("reward_rules", "hack_formats", "target_shares"):
+            for item in getattr(self, name):
+                if "=" not in item or not item.split("=", 1)[0].strip():
+                    raise ConfigError(f"{name}: entry {item!r} must look like KEY=VALUE")
+        for item in self.target_shares:
+            try:
+                float(item.split("=", 1)[1])
+            except ValueError:
+                raise ConfigError(f"target_shares: weight of {item!r} is not a number") from None
 
 
 # ----------------------------------------------------------------------------------------------

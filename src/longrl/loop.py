@@ -22,7 +22,7 @@ import torch
 
 from longrl.buffer import ReplayBuffer
 from longrl.config import RunConfig, dump_toml, load_config
-from longrl.data.sources import load_prompts
+from longrl.data.sources import load_prompts, load_sources
 from longrl.data.worlds import World
 from longrl.evaluate import evaluate
 from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
@@ -32,7 +32,7 @@ from longrl.rewards.registry import get_reward, score_batch
 from longrl.rollout.engine import InferenceEngine, make_engine
 from longrl.rollout.partial import partial_rollout, prepare_loss
 from longrl.rollout.repetition import apply_penalty, detector_factory
-from longrl.sampler import UniformSampler
+from longrl.sampler import Sampler, make_sampler
 from longrl.trainer import Trainer
 from longrl.types import GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
 from longrl.weight_sync import WeightSync
@@ -46,7 +46,7 @@ from longrl.weight_sync import WeightSync
 def rollout(engine, tokenizer, prompts: list[Prompt], k: int, params: SamplingParams,
             version: int) -> tuple[list[Trajectory], dict[str, float]]:
     """k trajectories per prompt, each one segment sampled by policy `version`."""
-    prompt_ids = [encode_prompt(tokenizer, p.text) for p in prompts]
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     requests = [GenerationRequest(ids) for ids in prompt_ids for _ in range(k)]
     start = time.perf_counter()
     completions = engine.generate(requests, params)
@@ -121,7 +121,7 @@ class Run:
     tokenizer: object
     trainer: Trainer
     engine: InferenceEngine
-    sampler: UniformSampler
+    sampler: Sampler
     buffer: ReplayBuffer
     rewards: dict
     eval_prompts: list[Prompt]
@@ -130,9 +130,22 @@ class Run:
 
 
 def _prompt_pool(config: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
-    world = World(config.world)
-    train = load_prompts(config.world.train_file) if config.world.train_file else world.train_prompts(config.world.train_size)
-    return train, world.eval_prompts()
+    """(train, eval) prompts: the `data` sources when given, else the tiny world's."""
+    data, world = config.data, World(config.world)
+    if data.train:
+        train = load_sources(data.train, data.on_error)
+    elif config.world.train_file:
+        train = load_prompts(config.world.train_file, data.on_error)
+    else:
+        train = world.train_prompts(config.world.train_size)
+    return train, eval_prompt_set(config)
+
+
+def eval_prompt_set(config: RunConfig) -> list[Prompt]:
+    """The held-out prompts: the `data.eval` sources when given, else the tiny world's split."""
+    if config.data.eval:
+        return load_sources(config.data.eval, config.data.on_error)
+    return World(config.world).eval_prompts()
 
 
 def setup(config: RunConfig, model_path: str | None = None) -> Run:
@@ -148,7 +161,7 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     train_pool, eval_prompts = _prompt_pool(config)
     rewards = {name: (get_reward(name), weight) for name, weight in zip(config.reward.names, config.reward.weights)}
     sync = WeightSync(model, engine, tokenizer, tolerance=config.rollout.sync_check_tolerance)
-    return Run(config, run_dir, tokenizer, trainer, engine, UniformSampler(train_pool, config.seed),
+    return Run(config, run_dir, tokenizer, trainer, engine, make_sampler(config.sampler, train_pool, config.seed),
                ReplayBuffer(config.partial.max_unfinished), rewards, eval_prompts, sync)
 
 
@@ -209,18 +222,18 @@ def iteration(run: Run) -> dict[str, float]:
     k = c.rollout.samples_per_prompt
     if c.partial.enabled:  # budgeted segments; only complete groups come back (rollout/partial.py)
         trajectories, metrics = partial_rollout(
-            run.engine, run.tokenizer, lambda text: encode_prompt(run.tokenizer, text), run.buffer,
+            run.engine, run.tokenizer, lambda prompt: encode_prompt(run.tokenizer, prompt), run.buffer,
             run.sampler.sample, c.partial, c.rollout.prompts_per_iter, k, params, version=run.iteration)
     else:
         prompts = run.sampler.sample(c.rollout.prompts_per_iter)
         trajectories, metrics = rollout(run.engine, run.tokenizer, prompts, k, params, version=run.iteration)
     metrics |= score(trajectories, run.rewards)
+    metrics |= run.sampler.update(trajectories)  # success rates from the task reward, before shaping
     weight = length_weight(run.iteration, c.reward.length_weight, c.reward.length_warmup)
     if weight:
         metrics |= add_length_reward(trajectories, weight)
     if c.repetition.enabled:
         metrics |= apply_penalty(trajectories, c.repetition.penalty)
-    metrics |= run.sampler.update(trajectories)
     run.buffer.add(trajectories)
     metrics |= run.buffer.metrics()
     batch, weights = run.buffer.take(), None
