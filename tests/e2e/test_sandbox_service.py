@@ -164,8 +164,10 @@ HOSTILE = {
     ),
     "setuid": ("import os\nos.setuid(0)", {"error"}),
     "proc_snoop": (
-        "import os\nassert sorted(p for p in os.listdir('/proc') if p.isdigit()) == ['1', '2']\n"
-        "print(open('/proc/1/environ').read())",
+        (
+            "import os\nassert sorted(p for p in os.listdir('/proc') if p.isdigit()) == ['1', '2']\n"
+            "print(open('/proc/1/environ').read())"
+        ),
         {"ok"},
     ),
 }

@@ -2,14 +2,15 @@
 
 `Cgroups` finds the hierarchy (cgroup v2 if its unified tree has memory, pids and cpu; else the
 v1 mounts of them), creates the parent `longrl-sandbox` at each root, and makes per-run groups
-named `run-<owner pid>-<instance>-<n>`. A `RunCgroup` writes a run's limits, reports its
-counters (OOM kills, memory peak, CPU time, pids-limit hits), SIGKILLs everything in it and
-removes it. A group is what makes a run's verdict trustworthy: every process of a run, however
-it forks, stays in its group, so "kill the group" kills the run.
+named `run-<owner pid>-<instance>-<n>`. A `RunCgroup` takes in a run's launcher, writes its
+limits, reports its counters (OOM kills, memory peak, CPU time, pids-limit hits), SIGKILLs
+everything in it and removes it. A group is what makes a run's verdict trustworthy: every
+process of a run, however it forks, stays in its group, so "kill the group" kills the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -22,11 +23,32 @@ from longrl.sandbox.limits import IsolationUnavailable, Limits
 log = logging.getLogger(__name__)
 
 
-def _read(path: Path) -> str:
+# Control files are read and written on every run's path: os-level I/O on string paths, which
+# costs a fraction of pathlib's object and text layers.
+
+
+def _read(path: str | Path) -> str:
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def _write(path: str | Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # as `echo v > file` does
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _keyed(text: str) -> dict[str, int]:
@@ -44,21 +66,29 @@ class RunCgroup:
 
     def __init__(self, dirs: dict[str, Path], v2: bool):
         self.dirs, self.v2 = dirs, v2
+        self.applied: Limits | None = None  # what the control files hold (None: unknown)
+        self._at = {c: str(d) + "/" for c, d in dirs.items()}  # controller -> "dir/"
+        self._procs = sorted({f"{d}/cgroup.procs" for d in dirs.values()})
+        # Every process of a run is in all of its controllers' groups (it is moved into each
+        # before it starts the jail), so one of them lists them all.
+        self._members = self._procs[0] if "pids" not in dirs else self._at["pids"] + "cgroup.procs"
 
     def procs_files(self) -> list[Path]:
-        return sorted({d / "cgroup.procs" for d in self.dirs.values()})
+        return [Path(p) for p in self._procs]
+
+    def enter(self, pid: int) -> None:
+        """Move process `pid` into the group (every controller's directory)."""
+        for procs in self._procs:
+            _write(procs, str(pid))
 
     def pids(self) -> list[int]:
-        # Every process of a run is in all of its controllers' groups (the launcher enters each
-        # or exits), so the pids group lists them all.
-        d = self.dirs.get("pids") or next(iter(self.dirs.values()))
-        return [int(p) for p in _read(d / "cgroup.procs").split()]
+        return [int(p) for p in _read(self._members).split()]
 
     def kill_all(self, timeout_s: float = 5.0) -> None:
         """SIGKILL every process in the group until it is empty (fork bombs included)."""
-        kill_file = self.dirs.get("pids", Path("/nonexistent")) / "cgroup.kill"
-        if self.v2 and kill_file.exists():
-            kill_file.write_text("1")
+        if self.v2:
+            with contextlib.suppress(FileNotFoundError):  # cgroup.kill: kernel 5.14+
+                _write(self._members.replace("cgroup.procs", "cgroup.kill"), "1")
         deadline = time.monotonic() + timeout_s
         while (pids := self.pids()) and time.monotonic() < deadline:
             for pid in pids:
@@ -69,32 +99,30 @@ class RunCgroup:
             time.sleep(0.002)
 
     def stats(self) -> dict[str, float | int | bool]:
+        at = self._at
         if self.v2:
-            d = self.dirs["memory"]
-            peak = _read(d / "memory.peak").strip()
+            d = at["memory"]
+            peak = _read(d + "memory.peak").strip()
             return {
-                "oom_kill": _keyed(_read(d / "memory.events")).get("oom_kill", 0),
+                "oom_kill": _keyed(_read(d + "memory.events")).get("oom_kill", 0),
                 "memory_peak": int(peak) if peak.isdigit() else -1,
-                "cpu_s": _keyed(_read(d / "cpu.stat")).get("usage_usec", 0) / 1e6,
-                "pids_max_hits": _keyed(_read(d / "pids.events")).get("max", 0),
+                "cpu_s": _keyed(_read(d + "cpu.stat")).get("usage_usec", 0) / 1e6,
+                "pids_max_hits": _keyed(_read(d + "pids.events")).get("max", 0),
             }
-        mem, pids = self.dirs["memory"], self.dirs["pids"]
-        usage = (
-            _read(self.dirs["cpuacct"] / "cpuacct.usage").strip() if "cpuacct" in self.dirs else ""
-        )
-        peak = _read(mem / "memory.max_usage_in_bytes").strip()
+        usage = _read(at["cpuacct"] + "cpuacct.usage").strip() if "cpuacct" in at else ""
+        peak = _read(at["memory"] + "memory.max_usage_in_bytes").strip()
         return {
-            "oom_kill": _keyed(_read(mem / "memory.oom_control")).get("oom_kill", 0),
+            "oom_kill": _keyed(_read(at["memory"] + "memory.oom_control")).get("oom_kill", 0),
             "memory_peak": int(peak) if peak.isdigit() else -1,
             "cpu_s": int(usage) / 1e9 if usage.isdigit() else -1.0,
-            "pids_max_hits": _keyed(_read(pids / "pids.events")).get("max", 0),
+            "pids_max_hits": _keyed(_read(at["pids"] + "pids.events")).get("max", 0),
         }
 
     def remove(self) -> None:
-        for d in self.dirs.values():
+        for d in dict.fromkeys(self._at.values()):  # v2: one directory for all controllers
             for _ in range(200):  # rmdir is EBUSY for a moment after the last task exits
                 try:
-                    d.rmdir()
+                    os.rmdir(d)
                     break
                 except FileNotFoundError:
                     break
@@ -108,6 +136,7 @@ class Cgroups:
     """Finds the cgroup hierarchy (v2 if it has memory+pids+cpu, else v1) and makes run groups."""
 
     V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct")
+    UNIFIED = Path("/sys/fs/cgroup")  # where a v2 (unified) hierarchy is mounted
     _instances = itertools.count()
 
     def __init__(self, name: str = "longrl-sandbox"):
@@ -116,9 +145,12 @@ class Cgroups:
         # Run groups are named run-<pid>-<instance>-<n>: owner process, then this object.
         self._prefix = f"run-{os.getpid()}-{next(self._instances)}-"
         self._seq = itertools.count()
+        memory = self.parents["memory"]
+        self._swap_file = "memory.swap.max" if self.v2 else "memory.memsw.limit_in_bytes"
+        self._has_swap_file = (memory / self._swap_file).exists()  # swap accounting is on
 
     def _discover(self) -> tuple[bool, dict[str, Path]]:
-        unified = Path("/sys/fs/cgroup")
+        unified = self.UNIFIED
         controllers = _read(unified / "cgroup.controllers").split()
         if {"memory", "pids", "cpu"} <= set(controllers):
             parent = unified / self.name
@@ -173,32 +205,40 @@ class Cgroups:
         return group
 
     def apply(self, group: RunCgroup, limits: Limits) -> None:
-        """Write `limits` into the group's control files (allowed while it is in use)."""
-        mem = limits.memory_mb * 1024 * 1024
-        quota = int(limits.cpus * 100_000)
-        d = group.dirs
+        """Write `limits` into the group's control files (allowed while it is in use).
+
+        Only the limits that differ from what the group already holds are written: a launcher
+        is prepared with the defaults, and most runs use them."""
+        before = group.applied
+        at = group._at
+        if before is None or before.memory_mb != limits.memory_mb:
+            self._apply_memory(at["memory"], limits.memory_mb * 1024 * 1024, before)
+        if before is None or before.pids != limits.pids:
+            _write(at["pids"] + "pids.max", str(limits.pids))
+        if before is None or before.cpus != limits.cpus:
+            quota = int(limits.cpus * 100_000)
+            if self.v2:
+                _write(at["cpu"] + "cpu.max", f"{quota} 100000")
+            else:
+                _write(at["cpu"] + "cpu.cfs_period_us", "100000")
+                _write(at["cpu"] + "cpu.cfs_quota_us", str(quota))
+        group.applied = limits
+
+    def _apply_memory(self, memory: str, limit: int, before: Limits | None) -> None:
         if self.v2:
-            (d["memory"] / "memory.max").write_text(str(mem))
-            if (d["memory"] / "memory.swap.max").exists():
-                (d["memory"] / "memory.swap.max").write_text("0")
-            (d["pids"] / "pids.max").write_text(str(limits.pids))
-            (d["cpu"] / "cpu.max").write_text(f"{quota} 100000")
+            _write(memory + "memory.max", str(limit))
+            if self._has_swap_file:
+                _write(memory + "memory.swap.max", "0")
             return
-        limit, memsw = (
-            d["memory"] / "memory.limit_in_bytes",
-            d["memory"] / "memory.memsw.limit_in_bytes",
-        )
-        # memsw (memory+swap, present with swap accounting) must stay >= the memory limit, so
-        # raise it first and lower it last; equal to it means no swapping around the limit.
-        order = (
-            [memsw, limit] if memsw.exists() and int(_read(limit) or 0) < mem else [limit, memsw]
-        )
-        for f in order:
-            if f.exists():
-                f.write_text(str(mem))
-        (d["pids"] / "pids.max").write_text(str(limits.pids))
-        (d["cpu"] / "cpu.cfs_period_us").write_text("100000")
-        (d["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+        files = [memory + "memory.limit_in_bytes"]
+        if self._has_swap_file:
+            # memsw (memory+swap) must stay >= the memory limit, so raise it first and lower it
+            # last; equal to it means no swapping around the limit.
+            memsw = memory + self._swap_file
+            current = int(_read(files[0]) or 0) if before is None else before.memory_mb << 20
+            files = [memsw, files[0]] if current < limit else [files[0], memsw]
+        for f in files:
+            _write(f, str(limit))
 
     def leaked(self) -> list[Path]:
         """Run groups of this object that still exist (only those of runs in progress)."""

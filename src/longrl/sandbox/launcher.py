@@ -1,11 +1,12 @@
 """How a cold run starts and ends: pre-spawned launchers, the run's I/O, its verdict.
 
-A background thread keeps launchers ready: `sh` processes that have already moved themselves
-into a *fresh* run cgroup (on cgroup v1 that move waits for an RCU grace period, several ms,
-more under load; paid ahead of time, off the critical path). A run takes one, writes its limits
-into the group, and sends nsjail's argv on the launcher's stdin; `sh` execs nsjail. `pump` then
-feeds stdin, collects capped stdout/stderr and nsjail's log under the wall-clock deadline, and
-`verdict` turns exit code, streams and cgroup counters into an `Execution`.
+A background thread keeps launchers ready: `sh` processes already moved into a *fresh* run
+cgroup (on cgroup v1 that move waits for an RCU grace period, several ms, more under load; paid
+ahead of time, off the critical path) that hold the constant head of nsjail's argv. A run takes
+one, writes its limits into the group, and sends the rest of the argv on the launcher's stdin;
+`sh` execs nsjail. `pump` then feeds stdin, collects capped stdout/stderr and nsjail's log under
+the wall-clock deadline, and `verdict` turns exit code, streams and cgroup counters into an
+`Execution`.
 
 `run_unsafe` is the explicit opt-in fallback without isolation (`SandboxConfig.allow_unsafe`).
 """
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,15 +39,16 @@ log = logging.getLogger(__name__)
 
 # Pre-spawned launchers. Moving a process into a cgroup (v1) waits for an RCU grace period,
 # several ms, more on a loaded machine; paid on the critical path it halves throughput. So a
-# background thread keeps a few `sh` processes ready that have already entered a *fresh* run
-# cgroup each; a run takes one, sets its limits, and sends it nsjail's argv, one argument per
-# line ending with an empty line, on the same stdin pipe that then carries the program's stdin
-# (`read` consumes a pipe byte by byte, so it takes exactly the header). `sh` then execs nsjail.
+# background thread keeps a few `sh` processes ready, each already moved into a *fresh* run
+# cgroup and holding the constant part of nsjail's argv (binary, log pipe, identity, seccomp
+# policy, system mounts) as its positional parameters. A run takes one, sets its limits, and
+# sends the rest of the argv (limits, its files, the program), one argument per line ending with
+# an empty line, on the same stdin pipe that then carries the program's stdin: `read` consumes
+# a pipe byte by byte, so it takes exactly the header (which is why the header is kept short).
+# `sh` then execs nsjail; without a complete header it exits 97 instead.
 _STUB_SCRIPT = (
-    'for f in "$@"; do echo 0 > "$f" || '
-    '{ echo "longrl-stub: cannot enter cgroup $f" >&2; exit 97; }; done; '
-    'set --; while IFS= read -r a && [ -n "$a" ]; do set -- "$@" "$a"; done; '
-    '[ $# -gt 0 ] && exec "$@"'
+    'while IFS= read -r a; do [ -n "$a" ] || exec "$@"; set -- "$@" "$a"; done; '
+    'echo "longrl-stub: no complete jail header on stdin" >&2; exit 97'
 )
 
 
@@ -54,14 +57,16 @@ class Stub:
     group: RunCgroup
     proc: subprocess.Popen
     log_r: int
-    log_w_number: int  # the log pipe's descriptor number inside the stub (for --log_fd)
 
 
 class StubPool:
-    """Keeps `size` stubs ready, each in its own fresh cgroup; refilled by a daemon thread."""
+    """Keeps `size` stubs ready, each in its own fresh cgroup; refilled by a daemon thread.
 
-    def __init__(self, cgroups: Cgroups, size: int):
-        self.cgroups, self.size = cgroups, size
+    `prefix(log_fd)` is the constant head of nsjail's argv for a stub whose log pipe is `log_fd`.
+    """
+
+    def __init__(self, cgroups: Cgroups, size: int, prefix: Callable[[int], list[str]]):
+        self.cgroups, self.size, self.prefix = cgroups, size, prefix
         self._ready: list[Stub] = []
         self._cond = threading.Condition()
         self._closed = False
@@ -73,7 +78,11 @@ class StubPool:
             stub = self._ready.pop() if self._ready else None
             self._cond.notify()
         stub = stub or self.spawn()
-        self.cgroups.apply(stub.group, limits)
+        try:
+            self.cgroups.apply(stub.group, limits)
+        except OSError:
+            discard_stub(stub)
+            raise
         return stub
 
     def spawn(self) -> Stub:
@@ -81,7 +90,7 @@ class StubPool:
         log_r, log_w = os.pipe()
         try:
             proc = subprocess.Popen(
-                ["/bin/sh", "-c", _STUB_SCRIPT, "longrl-stub", *map(str, group.procs_files())],
+                ["/bin/sh", "-c", _STUB_SCRIPT, "longrl-stub", *self.prefix(log_w)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -96,7 +105,13 @@ class StubPool:
             raise
         finally:
             os.close(log_w)
-        return Stub(group, proc, log_r, log_w)
+        stub = Stub(group, proc, log_r)
+        try:
+            group.enter(proc.pid)  # before any header is sent, so before nsjail starts
+        except OSError:
+            discard_stub(stub)
+            raise
+        return stub
 
     def idle_groups(self) -> set[Path]:
         with self._cond:
@@ -131,6 +146,8 @@ class StubPool:
 def discard_stub(stub: Stub) -> None:
     """Kill a stub's processes and remove its cgroup and pipes."""
     stub.group.kill_all()
+    with contextlib.suppress(OSError):
+        stub.proc.kill()  # not in the group if entering it failed
     for f in (stub.proc.stdin, stub.proc.stdout, stub.proc.stderr):
         with contextlib.suppress(OSError):
             f.close()

@@ -194,19 +194,16 @@ class _WarmWorker:
     def __init__(self, isolator: Isolator, limits: Limits, zygote_path: str):
         self.runs = 0
         self.stub = isolator._stubs.take(limits)  # the same launcher as cold runs
-        argv = isolator._jail_argv(  # the same jail as a cold run, long-lived
+        args = isolator._run_args(  # the same jail as a cold run, long-lived
             [isolator.config.python, "-S", "/opt/zygote.py"],
             dataclasses.replace(limits, wall_s=86400.0),
             [(Path(zygote_path), "/opt/zygote.py")],
             [],
             None,
-            self.stub.log_w_number,
+            init=False,  # the zygote is pid 1 itself: it reaps, and cannot be killed from inside
         )
-        argv.remove(
-            "/.init"
-        )  # the zygote is pid 1 itself: it reaps, and cannot be killed from inside
         self.proc, self.group = self.stub.proc, self.stub.group
-        self.proc.stdin.write(("\n".join(argv) + "\n\n").encode())
+        self.proc.stdin.write(("\n".join(args) + "\n\n").encode())
         self.proc.stdin.flush()
 
     def run(self, code: str, stdin: str, limits: Limits) -> Execution:
