@@ -11,9 +11,12 @@ RL iterations from it on the same long-tailed prompt pool:
            trajectory grows at most `segment_tokens` per iteration, unfinished ones continue later.
 
 Reported per mode: completed (scored and trained) trajectories per rollout-second, trained tokens
-(response) per wall-second, and the share of trained tokens sampled by an older policy.
+(response) per wall-second, and the share of trained tokens sampled by an older policy. The two
+runs advance in turns, one iteration each, in this process, so machine load falls on both alike.
 
     OMP_NUM_THREADS=1 python benchmarks/partial_rollout.py [--iterations 8] [--sft-steps 150]
+        [--model DIR | --out DIR] [--engine hf|vllm]
+    (--out keeps the warm-up in DIR/partial_chain_sft/final for later --model runs)
 """
 
 from __future__ import annotations
@@ -42,22 +45,22 @@ def long_tailed_pool(n: int, long_share: float, long_terms: int, seed: int = 0) 
 def warm_up(out: str, steps: int, long_terms: int) -> str:
     from longrl.sft import run_sft
 
-    config = SFTConfig(name="sft", out_dir=out, steps=steps, lr=3e-3, rows_per_step=8, row_tokens=1024,
-                       log_every=10**6, threads=1,
+    config = SFTConfig(name="partial_chain_sft", out_dir=out, steps=steps, lr=3e-3, rows_per_step=8,
+                       row_tokens=1024, log_every=10**6, threads=1,
                        tiny=TinyModelConfig(hidden_size=128, num_layers=2, intermediate_size=512),
                        world=WorldConfig(tasks=["chain"], min_level=2, max_level=long_terms, train_size=4000))
     config.eval.num_prompts, config.eval.n_samples, config.eval.max_new_tokens = 8, 1, 16
     run_sft(config, show_progress=False)
-    return f"{out}/sft/final"
+    return f"{out}/partial_chain_sft/final"
 
 
-def run_mode(model: str, out: str, partial: bool, args, pool: list[Prompt]) -> dict[str, float]:
+def start_mode(model: str, out: str, partial: bool, args, pool: list[Prompt]):
     from longrl import loop
     from longrl.sampler import UniformSampler
 
-    config = RunConfig(name="partial" if partial else "full", out_dir=out, seed=0, threads=1, log_samples=0)
+    config = RunConfig(name="partial_bench_" + ("on" if partial else "off"), out_dir=out, seed=0, threads=1, log_samples=0)
     config.rollout.prompts_per_iter, config.rollout.samples_per_prompt = args.prompts, args.k
-    config.rollout.max_new_tokens = args.max_new_tokens
+    config.rollout.max_new_tokens, config.rollout.engine = args.max_new_tokens, args.engine
     config.train = TrainConfig(lr=5e-5, mini_batch_size=64, row_tokens=1024)
     config.loss = LossConfig()
     config.partial = PartialRolloutConfig(enabled=partial, segment_tokens=args.segment_tokens,
@@ -65,24 +68,43 @@ def run_mode(model: str, out: str, partial: bool, args, pool: list[Prompt]) -> d
     run = loop.setup(config, model_path=model)
     run.sampler = UniformSampler(pool, seed=0)
     run.dir.mkdir(parents=True, exist_ok=True)
-    rollout_s = completed = trained_tokens = old_tokens = 0.0
+    return run
+
+
+def step_mode(run, totals: dict[str, float], verbose: bool) -> None:
+    """One iteration of `run`, its figures added to `totals`."""
+    from longrl import loop
+
     start = time.perf_counter()
-    for _ in range(args.iterations):
-        m = loop.iteration(run)
-        rollout_s += m["perf/rollout_s"]
-        n = m["rollout/trajectories"]
-        completed += n
-        tokens = m["rollout/mean_tokens"] * n
-        trained_tokens += tokens
-        old_tokens += m.get("train/old_token_share", 0.0) * tokens
-        if args.verbose:
-            print(f"  {'partial' if partial else 'full'} iter {run.iteration}: rollout_s={m['perf/rollout_s']:.2f} "
-                  f"requests={m.get('rollout/requests', n):.0f} completed={n:.0f} mean_tokens={m['rollout/mean_tokens']:.1f} "
-                  f"reward={m['reward/mean']:.2f}", flush=True)
-    wall = time.perf_counter() - start
-    return {"completed_per_rollout_s": completed / rollout_s, "trained_tokens_per_wall_s": trained_tokens / wall,
-            "old_token_share": old_tokens / max(trained_tokens, 1), "completed": completed,
-            "rollout_s": rollout_s, "wall_s": wall}
+    m = loop.iteration(run)
+    totals["wall_s"] += time.perf_counter() - start
+    totals["rollout_s"] += m["perf/rollout_s"]
+    n = m["rollout/trajectories"]
+    tokens = m["rollout/mean_tokens"] * n
+    totals["completed"] += n
+    totals["trained_tokens"] += tokens
+    totals["old_tokens"] += m.get("train/old_token_share", 0.0) * tokens
+    totals["sampled_tokens"] += m.get("rollout/new_tokens", tokens)  # full: every sampled token is trained
+    if verbose:
+        print(f"  {run.config.name} iter {run.iteration}: rollout_s={m['perf/rollout_s']:.2f} "
+              f"iteration_s={m['perf/iteration_s']:.2f} requests={m.get('rollout/requests', n):.0f} "
+              f"completed={n:.0f} mean_tokens={m['rollout/mean_tokens']:.1f} reward={m['reward/mean']:.2f}",
+              flush=True)
+
+
+def run_both(model: str, out: str, args, pool: list[Prompt]) -> tuple[dict, dict]:
+    """Full and partial runs from the same model, advanced in turns (one iteration each)."""
+    runs = [start_mode(model, out, partial, args, pool) for partial in (False, True)]
+    totals = [dict.fromkeys(("wall_s", "rollout_s", "completed", "trained_tokens", "old_tokens", "sampled_tokens"), 0.0)
+              for _ in runs]
+    for i in range(args.iterations):
+        for run, t in (zip(runs, totals) if i % 2 == 0 else zip(runs[::-1], totals[::-1])):
+            step_mode(run, t, args.verbose)
+    for t in totals:
+        t["completed_per_rollout_s"] = t["completed"] / t["rollout_s"]
+        t["trained_tokens_per_wall_s"] = t["trained_tokens"] / t["wall_s"]
+        t["old_token_share"] = t["old_tokens"] / max(t["trained_tokens"], 1)
+    return totals[0], totals[1]
 
 
 def main() -> None:
@@ -90,6 +112,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--sft-steps", type=int, default=150)
     parser.add_argument("--model", default="", help="skip the warm-up and use this model directory")
+    parser.add_argument("--out", default="", help="directory for the warm-up and the runs (default: a temp dir)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--long-share", type=float, default=0.15)
@@ -97,22 +120,23 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--segment-tokens", type=int, default=48)
     parser.add_argument("--max-age", type=int, default=8)
+    parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout.engine of both runs")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    out = tempfile.mkdtemp(prefix="bench_partial_")
+    out = args.out or tempfile.mkdtemp(prefix="bench_partial_")
     t0 = time.perf_counter()
     model = args.model or warm_up(out, args.sft_steps, args.long_terms)
     print(f"warm-up: {time.perf_counter() - t0:.1f}s ({model})")
     pool = long_tailed_pool(2000, args.long_share, args.long_terms)
-    full = run_mode(model, out, False, args, pool)
-    part = run_mode(model, out, True, args, pool)
+    full, part = run_both(model, out, args, pool)
     for name, r in (("full", full), ("partial", part)):
         print(f"{name:8s} completed={r['completed']:.0f} rollout_s={r['rollout_s']:.1f} wall_s={r['wall_s']:.1f} "
               f"completed/rollout_s={r['completed_per_rollout_s']:.1f} "
-              f"trained_tokens/wall_s={r['trained_tokens_per_wall_s']:.1f} old_token_share={r['old_token_share']:.3f}")
+              f"trained_tokens/wall_s={r['trained_tokens_per_wall_s']:.1f} old_token_share={r['old_token_share']:.3f} "
+              f"sampled_tokens/rollout_s={r['sampled_tokens'] / r['rollout_s']:.0f}")
     print(f"ratio partial/full: completed per rollout-second "
           f"{part['completed_per_rollout_s'] / full['completed_per_rollout_s']:.2f}x, trained tokens per "
           f"wall-second {part['trained_tokens_per_wall_s'] / full['trained_tokens_per_wall_s']:.2f}x; "

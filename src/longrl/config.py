@@ -99,7 +99,7 @@ class RolloutConfig:
               "partial rollouts). Reset after every weight load.")
     vllm_inplace_sync: bool = opt(
         False, "vLLM on CPU: keep plain weight tensors (no oneDNN packing) so a weight sync is an "
-               "in-place copy: 1.2x a plain copy on SmolLM2-135M instead of 7.2x, but decoding runs "
+               "in-place copy: 1.2x a plain copy on SmolLM2-135M instead of 5-7x, but decoding runs "
                "at ~0.8x (docs/rollout.md). Worth it only when syncs outweigh rollouts. No effect "
                "on GPU.")
     sync_check_tolerance: float = opt(
@@ -206,8 +206,10 @@ class PartialRolloutConfig:
     max_unfinished: int = opt(1024, "Most unfinished trajectories the buffer keeps; beyond it the "
                               "oldest groups are dropped.")
     segment_loss: Literal["all", "latest_only", "importance"] = opt(
-        "all", "Tokens sampled by older policies in the loss: `all` (weight 1), `latest_only` "
-               "(loss mask 0), `importance` (weight min(c, π_θi/π_old) per token).")
+        "importance", "Tokens sampled by older policies in the loss: `all` (weight 1), `latest_only` "
+                      "(loss mask 0), `importance` (weight min(c, π_θi/π_old) per token). Measured "
+                      "on the default world (docs/rollout.md): held-out pass@1 gain +33 points with "
+                      "`importance`, +19 with `all`, +27 with partial rollouts off.")
     importance_cap: float = opt(1.0, "c, the truncation of importance weights (`importance` only).")
 
     def __post_init__(self) -> None:

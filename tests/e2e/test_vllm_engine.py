@@ -36,7 +36,17 @@ def policy(tmp_path_factory):
 def engine(policy):
     model, tok = policy
     engine = make_engine(RolloutConfig(engine="vllm", batch_size=32), model, tok, seed=0)
-    assert isinstance(engine, VLLMEngine)
+    assert isinstance(engine, VLLMEngine) and not engine.inplace_sync  # the default: vLLM's reload
+    yield engine
+    del engine
+
+
+@pytest.fixture(scope="module")
+def inplace_engine(policy):
+    """An engine with plain weights, whose pushes copy in place (rollout.vllm_inplace_sync)."""
+    model, tok = policy
+    engine = make_engine(RolloutConfig(engine="vllm", batch_size=8, vllm_inplace_sync=True), model, tok, seed=0)
+    assert engine.inplace_sync
     yield engine
     del engine
 
@@ -100,7 +110,9 @@ def test_three_greedy_segments_equal_one_greedy_run(kind, engine, policy):
         assert one.token_ids == pre[:len(one.token_ids)] and len(one.token_ids) == 36
 
 
-def test_weight_sync_reloads_and_its_check_catches_a_lost_push(engine, policy, forgetful):
+@pytest.mark.parametrize("which", ["engine", "inplace_engine"])
+def test_weight_sync_reloads_and_its_check_catches_a_lost_push(which, request, policy, forgetful):
+    engine = request.getfixturevalue(which)
     model, tok = policy
     original = {k: v.clone() for k, v in model.state_dict().items()}
     try:
@@ -119,6 +131,14 @@ def test_weight_sync_reloads_and_its_check_catches_a_lost_push(engine, policy, f
     finally:
         model.load_state_dict(original)
         engine.load_weights(model.named_parameters())
+
+
+def test_in_place_push_refuses_an_incomplete_state(inplace_engine, policy):
+    model, _ = policy
+    params = list(model.named_parameters())
+    with pytest.raises(ValueError, match=r"left \d+ vLLM parameters unwritten, e.g. \['model.layers"):
+        inplace_engine.load_weights([(n, p) for n, p in params if ".layers.1." not in n])
+    inplace_engine.load_weights(params)
 
 
 class FiresAtFifth:
@@ -145,6 +165,29 @@ def test_repetition_stop_matches_the_hf_engine(engine, policy):
         assert (a.finish_reason, a.token_ids) == (b.finish_reason, b.token_ids)
         assert a.finish_reason == "repetition" and len(a.token_ids) == 5 - len(request.prefix_ids)
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=ATOL)
+
+
+def test_repetition_stops_inside_vllm(engine, policy):
+    """The logits processor ends a request one token after its detector fires (a forced stop
+    token, which the engine then cuts), instead of letting it run to its cap."""
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    from longrl.rollout.vllm_stop import EXTRA_KEY
+
+    _, tok = policy
+    prompt = _prompts(tok)[1]
+    raw = VLLMSamplingParams(temperature=0.0, max_tokens=20, stop_token_ids=[tok.eos_token_id], ignore_eos=True,
+                             detokenize=False, extra_args={EXTRA_KEY: (FiresAtFifth, [10, 11], tok.eos_token_id)})
+    (out,) = engine.llm.generate([{"prompt_token_ids": prompt + [10, 11]}], raw, use_tqdm=False)
+    # primed with 2 tokens, the detector fires on the 3rd generated one; the 4th is the forced stop
+    assert len(out.outputs[0].token_ids) == 4 and out.outputs[0].token_ids[-1] == tok.eos_token_id
+    assert out.outputs[0].finish_reason == "stop"
+    (free,) = engine.llm.generate([{"prompt_token_ids": prompt + [10, 11]}], VLLMSamplingParams(
+        temperature=0.0, max_tokens=20, stop_token_ids=[tok.eos_token_id], ignore_eos=True, detokenize=False),
+        use_tqdm=False)
+    free_ids = list(free.outputs[0].token_ids)
+    assert free_ids[:3] == list(out.outputs[0].token_ids[:3])  # same greedy tokens until the stop
+    assert len(free_ids) == 20 and tok.eos_token_id not in free_ids  # unwatched, it runs to its cap
 
 
 def test_eos_stops_like_the_hf_engine(engine, policy):

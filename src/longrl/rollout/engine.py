@@ -11,7 +11,30 @@ so a batch pads little. Its log-probs are those of the full temperature-scaled d
 before top-p truncation (the distribution the trainer recomputes); greedy decoding
 (temperature 0) reports log-probs at temperature 1.
 
-Shape legend: B requests in a batch, L context length, V vocabulary, S new tokens.
+Finished rows leave the running batch. A row that stops (EOS, a stop token, repetition) or
+reaches its cap is no longer sampled; once finished rows make up 1/`DROP_EVERY` of the running
+batch they are dropped from it, their key/value rows with them (`batch_select_indices`), so
+later steps compute only rows that still generate. Without this a long-tailed batch (a few
+250-token chains among 20-token answers, the shape of an RL batch) runs every row for the
+longest one's steps. Dropping in bulk, not at every finish, bounds the copies of the cache.
+
+Keys and values live in buffers sized for the whole call (`KVBuffer`): a step writes one column
+in place, where transformers' `DynamicCache` concatenates, copying the whole cache every step
+(the largest single cost of a profiled call at 265-token contexts). Contexts
+of very different lengths (continued partial rollouts) are prefilled in groups, each padded to
+its own longest context only (`_prefill`).
+
+Sampling randomness is per row, not per batch: at each step the engine draws one uniform number
+for every row the batch started with, and a row samples by inverting its CDF at its own number.
+A row's tokens therefore depend only on the seed, its place in the sorted batch and its own
+logits, not on which other rows are still running (tested: dropping rows changes no sample).
+
+Not done: refilling freed slots with waiting requests (continuous batching). A new row needs its
+own prefill and a cache re-aligned to another padding; the loop sends each call at most
+`rollout.batch_size` rows (256; 32 prompts x k 8 by default), so nothing waits.
+
+Shape legend: B requests in a batch, b rows still running, L context length, V vocabulary,
+S new tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +43,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 from longrl.models import token_logprobs
 from longrl.types import Completion, GenerationRequest, SamplingParams
@@ -39,8 +63,12 @@ class InferenceEngine(Protocol):
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; return (tokens [B], their log-probs [B]) under softmax(logits/T)."""
+                uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row; return (tokens [B], their log-probs [B]) under softmax(logits/T).
+
+    Row b takes the token where its (top-p truncated) CDF first exceeds `uniform[b]` in [0, 1):
+    inverse-CDF sampling, so each row's draw depends on its own number only.
+    """
     logits = logits.float()
     if temperature <= 0:
         tokens = logits.argmax(-1)
@@ -53,8 +81,77 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
         outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # [B]
+    cdf = probs.cumsum(-1)  # [B, V]; zero-probability tokens add no step, so are never drawn
+    total = cdf[:, -1:]  # [B, 1]
+    target = torch.minimum(uniform[:, None].to(cdf) * total, torch.nextafter(total, torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # [B]
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+DROP_EVERY = 8  # finished rows leave the running batch once they are 1/8 of it (module docstring)
+
+
+class KVBuffer(DynamicLayer):
+    """One layer's keys and values in buffers sized for the whole generation, [B, H, capacity, D].
+
+    transformers' `DynamicLayer` concatenates each new token onto its cache, copying the whole
+    cache at every decoding step; here a step writes one column in place and attention reads a
+    view of the filled part. Dropping rows (`batch_select_indices`) copies the filled part once.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        (B, H, _, Dk), Dv = key_states.shape, value_states.shape[-1]
+        self.key_buffer = key_states.new_empty((B, H, self.capacity, Dk))  # [B, H, capacity, Dk]
+        self.value_buffer = value_states.new_empty((B, value_states.shape[1], self.capacity, Dv))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise ValueError(f"KV buffer of {self.capacity} positions cannot take position {end}")
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]  # views
+        return self.keys, self.values
+
+    def fill(self, rows: slice, keys: torch.Tensor, values: torch.Tensor, batch: int, width: int) -> None:
+        """Prefill of some rows of a batch of `batch` rows: their keys/values [b, H, T, D] go
+        right-aligned into columns [width - T, width) (left padding); other columns stay 0."""
+        if not self.is_initialized:
+            self.dtype, self.device = keys.dtype, keys.device
+            self.key_buffer = keys.new_zeros((batch, keys.shape[1], self.capacity, keys.shape[3]))
+            self.value_buffer = values.new_zeros((batch, values.shape[1], self.capacity, values.shape[3]))
+            self.is_initialized = True
+        T = keys.shape[-2]
+        self.key_buffer[rows, :, width - T:width] = keys
+        self.value_buffer[rows, :, width - T:width] = values
+        self.length = width
+        self.keys, self.values = self.key_buffer[:, :, :width], self.value_buffer[:, :, :width]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for name in ("key_buffer", "value_buffer"):
+            old = getattr(self, name)
+            new = old.new_empty((len(indices), *old.shape[1:]))
+            new[:, :, :self.length] = old[indices, :, :self.length]
+            setattr(self, name, new)
+        self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+
+def kv_cache(model, capacity: int) -> Cache:
+    """A KV cache of `KVBuffer` layers for `model`, for contexts of up to `capacity` tokens."""
+    layers = model.config.get_text_config(decoder=True).num_hidden_layers
+    return Cache(layers=[KVBuffer(capacity) for _ in range(layers)])
 
 
 class HFEngine:
@@ -122,30 +219,31 @@ class HFEngine:
             budgets.append(budget)
         return budgets
 
-    @torch.inference_mode()
-    def _generate_batch(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
-        from transformers import DynamicCache
-
-        device = next(self.model.parameters()).device
+    def _left_padded(self, requests: Sequence[GenerationRequest], device) -> tuple[torch.Tensor, ...]:
+        """(input ids, attention mask, position ids), each [B, L]: contexts right-aligned so that
+        every row's last token sits in the last column."""
         contexts = [r.prompt_ids + r.prefix_ids for r in requests]
         B, L = len(contexts), max(len(c) for c in contexts)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((B, L), pad, dtype=torch.long)
+        input_ids = torch.full((B, L), self.tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((B, L), dtype=torch.long)
-        for row, ctx in enumerate(contexts):  # left padding keeps the last token aligned
+        for row, ctx in enumerate(contexts):
             input_ids[row, L - len(ctx):] = torch.tensor(ctx)
             attention[row, L - len(ctx):] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [B, L]
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        return input_ids.to(device), attention.to(device), positions.to(device)
 
+    @torch.inference_mode()
+    def _generate_batch(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
+        device = next(self.model.parameters()).device
+        input_ids, attention, positions = self._left_padded(requests, device)  # [B, L] each
+        (B, L), pad_id = input_ids.shape, self.tokenizer.pad_token_id
         budgets = torch.tensor(self._budgets(requests, params), device=device)  # [B]
         stops = torch.tensor(sorted({self.tokenizer.eos_token_id, *params.stop_token_ids}), device=device)
         S = int(budgets.max())
-        tokens = torch.full((B, S), pad, dtype=torch.long, device=device)
+        tokens = torch.full((B, S), pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((B, S), device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         stopped = torch.zeros(B, dtype=torch.bool, device=device)
-        done = torch.zeros(B, dtype=torch.bool, device=device)
         repeated = torch.zeros(B, dtype=torch.bool, device=device)
         detectors = None
         if params.detector is not None:  # one per request, primed with the earlier segments
@@ -153,43 +251,86 @@ class HFEngine:
             for detector, request in zip(detectors, requests):
                 detector.prime(request.prefix_ids)
 
-        cache = DynamicCache()
-        logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                            past_key_values=cache, use_cache=True).logits[:, -1]  # [B, V]
-        next_pos = positions[:, -1] + 1  # [B]
+        cache = kv_cache(self.model, L + S)
+        logits = self._prefill(input_ids, attention, positions, cache)  # [B, V]
+        attention = torch.cat([attention, attention.new_ones((B, S))], 1)  # [B, L + S]
+        live = torch.arange(B, device=device)  # [b]: the batch row of each row in the running batch
+        running = torch.ones(B, dtype=torch.bool, device=device)  # [b]: finished rows wait to be dropped
+        next_pos = positions[:, -1] + 1  # [b]
         for step in range(S):
-            tok, lp = sample_next(logits, params.temperature, params.top_p, self.generator)
-            tokens[:, step] = torch.where(done, pad, tok)
-            logprobs[:, step] = torch.where(done, 0.0, lp)
-            lengths += (~done).long()
-            hit_stop = ~done & torch.isin(tok, stops)
-            stopped |= hit_stop
-            if detectors is not None:
-                live, ids = (~done).tolist(), tok.tolist()
-                hits = [live[b] and detectors[b].feed(ids[b]) for b in range(B)]
-                repeated |= torch.tensor(hits, dtype=torch.bool, device=device) & ~hit_stop
-            done |= hit_stop | repeated | (lengths >= budgets)
-            if bool(done.all()):
+            uniform = torch.rand(B, generator=self.generator)[live]  # drawn for all B rows: see docstring
+            tok, lp = sample_next(logits, params.temperature, params.top_p, uniform.to(device))  # [b], [b]
+            at = running.nonzero().squeeze(-1)  # [r]: rows still generating, in the running batch
+            rows, new = live[at], tok[at]  # [r], [r]
+            tokens[rows, step], logprobs[rows, step] = new, lp[at]
+            lengths[rows] += 1
+            hit_stop = torch.isin(new, stops)  # [r]
+            hit_repeat = self._feed(detectors, rows, new) & ~hit_stop  # [r]; a stop token wins
+            stopped[rows], repeated[rows] = hit_stop, hit_repeat
+            running[at] = ~(hit_stop | hit_repeat | (lengths[rows] >= budgets[rows]))
+            still = int(running.sum())
+            if still == 0:
                 break
-            attention = torch.cat([attention, torch.ones((B, 1), dtype=attention.dtype, device=device)], 1)
-            logits = self.model(input_ids=tok[:, None], attention_mask=attention,
+            if len(live) - still >= max(1, len(live) // DROP_EVERY):  # drop the finished rows
+                keep = running.nonzero().squeeze(-1)  # [b']
+                cache.batch_select_indices(keep)
+                live, running, tok, next_pos, attention = (
+                    x[keep] for x in (live, running, tok, next_pos, attention))
+            logits = self.model(input_ids=tok[:, None], attention_mask=attention[:, :L + step + 1],
                                 position_ids=next_pos[:, None], past_key_values=cache,
-                                use_cache=True).logits[:, -1]
+                                use_cache=True).logits[:, -1]  # [b, V]
             next_pos = next_pos + 1
+        return [Completion(tokens[row, :n].tolist(), logprobs[row, :n].tolist(),
+                           self._finish_reason(request, params, bool(stopped[row]), bool(repeated[row])))
+                for row, (request, n) in enumerate(zip(requests, lengths.tolist()))]
 
-        out = []
-        for row, request in enumerate(requests):
-            n = int(lengths[row])
-            if bool(stopped[row]):
-                reason = "stop"
-            elif bool(repeated[row]):
-                reason = "repetition"
-            elif request.max_new_tokens is not None and request.max_new_tokens < params.max_new_tokens:
-                reason = "budget"
-            else:
-                reason = "length"
-            out.append(Completion(tokens[row, :n].tolist(), logprobs[row, :n].tolist(), reason))
-        return out
+    def _prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                 cache: Cache) -> torch.Tensor:
+        """Fill `cache` with the contexts [B, L]; the logits at each row's last position [B, V].
+
+        Rows come sorted by context length, longest first. They are prefilled in groups whose
+        shortest context is more than half the group's longest, each group padded to its own
+        longest only: a 60-token continuation beside a 300-token one costs at most 120 padded
+        positions, not 300. Each group's keys/values go right-aligned into the shared cache.
+        """
+        lengths = attention.sum(-1).tolist()
+        starts = [0]
+        for row in range(1, len(lengths)):
+            if 2 * lengths[row] <= lengths[starts[-1]]:
+                starts.append(row)
+        if len(starts) == 1:
+            return self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                              past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        (B, L), logits = input_ids.shape, []
+        for start, end in zip(starts, starts[1:] + [B]):
+            width = max(lengths[start:end])  # = lengths[start] when sorted, as `generate` sends them
+            part = kv_cache(self.model, width)
+            logits.append(self.model(input_ids=input_ids[start:end, L - width:],
+                                     attention_mask=attention[start:end, L - width:],
+                                     position_ids=positions[start:end, L - width:], past_key_values=part,
+                                     use_cache=True, logits_to_keep=1).logits[:, -1])  # [end - start, V]
+            for layer, done in zip(cache.layers, part.layers):
+                layer.fill(slice(start, end), done.keys, done.values, B, L)
+        return torch.cat(logits)
+
+    @staticmethod
+    def _feed(detectors, live: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+        """Feed each generating row's new token to its repetition detector; [r] fired or not."""
+        if detectors is None:
+            return torch.zeros_like(tok, dtype=torch.bool)
+        fired = [detectors[row].feed(t) for row, t in zip(live.tolist(), tok.tolist())]
+        return torch.tensor(fired, dtype=torch.bool, device=tok.device)
+
+    @staticmethod
+    def _finish_reason(request: GenerationRequest, params: SamplingParams, stopped: bool,
+                       repeated: bool) -> str:
+        if stopped:
+            return "stop"
+        if repeated:
+            return "repetition"
+        if request.max_new_tokens is not None and request.max_new_tokens < params.max_new_tokens:
+            return "budget"
+        return "length"
 
 
 def make_engine(config, model, tokenizer, seed: int = 0) -> InferenceEngine:

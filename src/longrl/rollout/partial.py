@@ -80,7 +80,7 @@ def _finish_reason(reason: str, total: int, max_new_tokens: int) -> str | None:
     return None  # "budget": continue in a later iteration
 
 
-def partial_rollout(engine, tokenizer, encode: Callable[[str], list[int]], buffer: ReplayBuffer,
+def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], buffer: ReplayBuffer,
                     new_prompts: Callable[[int], list[Prompt]], config: PartialRolloutConfig,
                     prompts_per_iter: int, k: int, params: SamplingParams,
                     version: int) -> tuple[list[Trajectory], dict[str, float]]:
@@ -90,7 +90,7 @@ def partial_rollout(engine, tokenizer, encode: Callable[[str], list[int]], buffe
                                            params.max_new_tokens, prompts_per_iter)
     fresh = []
     for g, prompt in enumerate(new_prompts(n_new) if n_new else []):
-        ids = encode(prompt.text)
+        ids = encode(prompt)
         fresh += [Trajectory(prompt, j, ids, group=f"{prompt.id}@{version}:{g}") for j in range(k)]
     work = continued + [(t, new_cap) for t in fresh]
     requests = [GenerationRequest(t.prompt_ids, t.response_ids, cap) for t, cap in work]

@@ -11,9 +11,17 @@ What it promises, and how:
   (T = 0) reports log-probs at T = 1, as `HFEngine` does.
 - Continuation of a partial rollout: the context is `prompt_ids + prefix_ids`, and prefix caching
   reuses the KV blocks that the k samples of a prompt, or an earlier segment, already filled.
-- `load_weights(named tensors)`: vLLM's in-place reload (`collective_rpc("reload_weights")`), which
-  maps checkpoint names onto vLLM's fused layers, then `reset_prefix_cache()`: cached KV blocks
-  were computed by the old weights and must not be reused.
+- `load_weights(named tensors)`, then `reset_prefix_cache()` (cached KV blocks were computed by
+  the old weights and must not be reused). Two paths:
+  - vLLM's reload (`collective_rpc("reload_weights")`, the default): rebuilds each layer and
+    re-runs its post-load processing; on CPU that repacks every linear layer's weight into
+    oneDNN's blocked layout (vLLM keeps only the packed copy). SmolLM2-135M: 5-7x a plain copy.
+  - in place (`rollout.vllm_inplace_sync`, CPU only): the engine is built with plain weight
+    tensors, and a push is the model's own `load_weights`, which maps checkpoint names onto
+    vLLM's fused q/k/v and gate/up tensors and copies into them: no layer rebuilt, nothing
+    repacked, a tied LM head stays the embedding's tensor; a push that leaves any vLLM
+    parameter unwritten raises. SmolLM2-135M: 1.2x a plain copy, but unpacked products decode
+    at ~0.8x, so it pays only when syncs cost more than a fifth of the rollouts.
 - `sleep()/wake()`: vLLM's sleep mode frees the weights and KV cache of a GPU engine while the
   trainer steps. vLLM's CPU build has no sleep mode; there they do nothing.
 
@@ -23,10 +31,11 @@ Deviations, on purpose:
   per token; use `train.recompute_old_logprobs=true` with top-p < 1 on this engine.
 - `score()` uses vLLM's prompt log-probs, which vLLM always takes from the raw logits: it scores
   at T = 1 (or 0) only and refuses other temperatures rather than answer wrongly.
-- Repetition detection (`SamplingParams.detector`) runs on the finished completion and cuts it
-  at the token where the detector fires, with finish reason `repetition`: the same tokens and
-  log-probs as `HFEngine`'s early stop (a detector sees only the tokens before it), but vLLM
-  has spent the compute on the rest. An in-engine stop (a vLLM logits processor) is future work.
+- Repetition detection (`SamplingParams.detector`) stops a request inside vLLM: a logits
+  processor (`rollout/vllm_stop.py`) feeds each request's tokens to its detector and, once it
+  fires, forces a stop token at the next step. The completion is then cut at the token where the
+  detector fired (the forced token dropped), finish reason `repetition`: the same tokens and
+  log-probs as `HFEngine`'s early stop, one extra decoding step per stopped request.
 - Sampling is seeded once (the `LLM`'s seed), not per request: per-request generators take a
   slower path in vLLM's sampler. Runs are reproducible from the start, not across a resume.
 
@@ -37,6 +46,7 @@ process with a no-op (it has bound its OpenMP threads): set threads before build
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -54,6 +64,39 @@ def _prepare_env(kv_cache_gib: float) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(kv_cache_gib))))
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@contextlib.contextmanager
+def _plain_cpu_linear_weights():
+    """While an engine is built, have vLLM's CPU build keep linear weights as plain tensors.
+
+    vLLM skips its CPU GEMM dispatch (repack into oneDNN's layout, drop the plain weight) for a
+    linear layer that has `_cpu_skip_gemm_dispatch` set, and uses `torch.nn.functional.linear`
+    (vLLM 0.32, `UnquantizedLinearMethod.process_weights_after_loading`). Set on the base class
+    for the duration of the build only.
+    """
+    from vllm.model_executor.layers.linear import LinearBase
+
+    LinearBase._cpu_skip_gemm_dispatch = True
+    try:
+        yield
+    finally:
+        del LinearBase._cpu_skip_gemm_dispatch
+
+
+def _unpack_embedding_gemms(model: torch.nn.Module) -> None:
+    """Make the (tied) LM head multiply by its live weight tensor, not a oneDNN copy of it.
+
+    Embedding-type layers keep their weight on CPU but also get a packed oneDNN copy for the
+    LM-head GEMM; an in-place weight update would leave that copy stale.
+    """
+    for module in model.modules():
+        if getattr(module, "cpu_linear", None) is not None:
+            module.cpu_linear = torch.nn.functional.linear
+
+
+def _parameter_names(model: torch.nn.Module) -> frozenset[str]:
+    return frozenset(name for name, _ in model.named_parameters())
 
 
 def _retie_lm_head(model: torch.nn.Module) -> None:
@@ -84,9 +127,11 @@ class VLLMEngine:
     def __init__(self, model_dir: str | Path, tokenizer, *, dtype: str = "float32",
                  batch_size: int = 256, seed: int = 0, kv_cache_gib: float = 1.0,
                  enforce_eager: bool = True, prefix_caching: bool = True,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, inplace_sync: bool = False):
         _prepare_env(kv_cache_gib)
         from vllm import LLM
+
+        from longrl.rollout.vllm_stop import RepetitionStop
 
         on_gpu = torch.cuda.is_available()
         extra = {}
@@ -94,9 +139,15 @@ class VLLMEngine:
             extra = {"enable_sleep_mode": True, "kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
         self.tokenizer = tokenizer
         self.sleep_supported = on_gpu
-        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, max_num_seqs=batch_size,
-                       enable_prefix_caching=prefix_caching, logprobs_mode="processed_logprobs",
-                       enforce_eager=enforce_eager, max_model_len=max_model_len, **extra)
+        self.inplace_sync = inplace_sync and not on_gpu
+        with _plain_cpu_linear_weights() if self.inplace_sync else contextlib.nullcontext():
+            self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, max_num_seqs=batch_size,
+                           enable_prefix_caching=prefix_caching, logprobs_mode="processed_logprobs",
+                           enforce_eager=enforce_eager, max_model_len=max_model_len,
+                           logits_processors=[RepetitionStop], **extra)
+        if self.inplace_sync:
+            self.llm.apply_model(_unpack_embedding_gemms)
+            (self._parameter_names,) = self.llm.apply_model(_parameter_names)
         self.max_positions = self.llm.llm_engine.model_config.max_model_len
         self.tied_embeddings = bool(getattr(self.llm.llm_engine.model_config.hf_text_config,
                                             "tie_word_embeddings", False))
@@ -122,20 +173,28 @@ class VLLMEngine:
         engine = cls(model_dir, tokenizer, dtype=dtype, batch_size=config.batch_size, seed=seed,
                      kv_cache_gib=config.vllm_kv_cache_gib, enforce_eager=config.vllm_enforce_eager,
                      prefix_caching=config.vllm_prefix_caching,
-                     max_model_len=getattr(model.config, "max_position_embeddings", None))
+                     max_model_len=getattr(model.config, "max_position_embeddings", None),
+                     inplace_sync=config.vllm_inplace_sync)
         engine._model_dir_keeper = keep  # the temp dir lives as long as the engine
         return engine
 
     # -- weights and lifecycle ------------------------------------------------------------------
 
     def load_weights(self, state: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy trainer tensors (checkpoint names) into the live engine, in place."""
+        """Copy trainer tensors (checkpoint names) into the live engine (module docstring)."""
         weights = [(name, tensor.detach()) for name, tensor in state]
         # in-process, the list reaches the worker by reference; vLLM fuses q/k/v and gate/up itself
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
-                                                          "is_checkpoint_format": True})
-        if self.tied_embeddings:
-            self.llm.apply_model(_retie_lm_head)
+        if self.inplace_sync:  # the model's own loader copies into its existing tensors
+            (loaded,) = self.llm.apply_model(lambda model: model.load_weights(weights))
+            missed = sorted(self._parameter_names - set(loaded))
+            if missed:
+                raise ValueError(f"weight push left {len(missed)} vLLM parameters unwritten, e.g. "
+                                 f"{missed[:3]}: push every parameter (named as in the checkpoint)")
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                              "is_checkpoint_format": True})
+            if self.tied_embeddings:
+                self.llm.apply_model(_retie_lm_head)
         self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
 
     def sleep(self) -> None:
@@ -163,6 +222,8 @@ class VLLMEngine:
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
         from vllm import SamplingParams as VLLMSamplingParams
 
+        from longrl.rollout.vllm_stop import EXTRA_KEY
+
         # exactly HFEngine's stop set: the tokenizer's EOS and the given ids. `ignore_eos` keeps vLLM
         # from adding its own (the generation config's extra EOS ids); stop_token_ids still stop.
         stops = sorted({self.tokenizer.eos_token_id, *params.stop_token_ids})
@@ -170,7 +231,10 @@ class VLLMEngine:
         sampling = [VLLMSamplingParams(
             temperature=max(params.temperature, 0.0), top_p=params.top_p,
             max_tokens=self._budget(r, params), stop_token_ids=stops, logprobs=0,
-            ignore_eos=True, detokenize=False, skip_special_tokens=False) for r in requests]
+            ignore_eos=True, detokenize=False, skip_special_tokens=False,
+            extra_args=None if params.detector is None else {  # the in-engine repetition stop
+                EXTRA_KEY: (params.detector, r.prefix_ids, self.tokenizer.eos_token_id)})
+            for r in requests]
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         return [self._completion(r, out.outputs[0], params) for r, out in zip(requests, outputs)]
 
@@ -179,7 +243,7 @@ class VLLMEngine:
         tokens = list(out.token_ids)
         logprobs = [step[token].logprob for step, token in zip(out.logprobs, tokens)]
         stopped = out.finish_reason == "stop"
-        if params.detector is not None:  # after the fact: same tokens as an early stop, more compute
+        if params.detector is not None:  # cut where it fired; drops the stop token forced after it
             detector = params.detector()
             detector.prime(request.prefix_ids)
             for i, token in enumerate(tokens):
