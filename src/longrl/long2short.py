@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from longrl.config import DPOConfig, L2SSampleConfig, SFTConfig, ShortestRSConfig, dump_toml
-from longrl.data.sources import DataError
+from longrl.data.sources import DataError, read_jsonl
 from longrl.data.worlds import World
 from longrl.evaluate import evaluate
 from longrl.models import check_model_dir, encode_prompt, load_policy, token_logprobs
@@ -223,24 +223,15 @@ def sample_groups(engine, tokenizer, prompts: Sequence[Prompt], config: L2SSampl
 
 def load_groups(path: str | Path) -> list[dict]:
     """Rows written by `sample_groups`; a malformed row names the file, line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"samples file {str(path)!r} does not exist")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+    for where, row in read_jsonl(path, "samples file"):
         for name in ("prompt", "responses"):
             if name not in row:
-                raise DataError(f"{path}, line {number}: missing field {name!r}")
+                raise DataError(f"{path}, {where}: missing field {name!r}")
         for r in row["responses"]:
             for name in ("text", "token_ids", "tokens", "correct"):
                 if name not in r:
-                    raise DataError(f"{path}, line {number}: a response lacks field {name!r}")
+                    raise DataError(f"{path}, {where}: a response lacks field {name!r}")
         rows.append(row)
     return rows
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from longrl.config import SFTConfig, dump_toml
-from longrl.data.sources import DataError
+from longrl.data.sources import DataError, read_jsonl
 from longrl.data.worlds import World, build_char_tokenizer, build_tiny_model
 from longrl.evaluate import evaluate
 from longrl.models import encode_prompt, load_model, load_tokenizer, token_logprobs
@@ -41,20 +41,11 @@ def sft_example(tokenizer, prompt: Prompt, direct: bool = False) -> tuple[list[i
 
 def load_sft_rows(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, response) pairs of a JSONL file with string fields `prompt` and `response`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"SFT data file {str(path)!r} does not exist")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    for where, row in read_jsonl(path, "SFT data file"):
         for name in ("prompt", "response"):
-            if not isinstance(row, dict) or not isinstance(row.get(name), str):
-                raise DataError(f"{path}, line {number}: field {name!r} must be a string")
+            if not isinstance(row.get(name), str):
+                raise DataError(f"{path}, {where}: field {name!r} must be a string")
         rows.append((row["prompt"], row["response"]))
     if not rows:
         raise DataError(f"{path}: no rows to train on")

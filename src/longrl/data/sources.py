@@ -277,6 +277,23 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                 yield f"line {line_no}", DataError(f"not valid JSON ({exc.msg} at column {exc.colno})")
 
 
+def read_jsonl(path: str | Path, what: str = "data file") -> Iterator[tuple[str, dict]]:
+    """(`line N`, object) for each non-blank line of a JSONL file that is not a prompt file.
+
+    A missing file, a line that is not UTF-8 or not JSON, or a value that is not an object raises
+    `DataError` naming the file and line; callers check their own fields with the same prefix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {str(path)!r} does not exist")
+    for where, row in _jsonl_rows(path):
+        if isinstance(row, DataError):
+            raise DataError(f"{path}, {where}: {row}")
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, {where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[str, Any]]:
     try:
         with path.open(newline="", encoding="utf-8") as f:
