@@ -1,4 +1,4 @@
-"""`longrl` command line: train | sft | eval | init | sandbox serve | testgen.
+"""`longrl` command line: train | sft | eval | init | sandbox serve | testgen | merge | shortest-rs | dpo | report | curate.
 
 Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
 field with its type, default and meaning. User errors (config, data, missing model) print one
@@ -45,6 +45,7 @@ def cmd_train(argv: list[str]) -> int:
         run = loop.setup(load_config(RunConfig, path, overrides))
     summary = loop.train(run, show_progress=not args.no_progress)
     print(f"run directory: {run.dir}")
+    _write_report(run.dir)
     if "start/pass@1" in summary and "end/pass@1" in summary:
         gain = 100 * (summary["end/pass@1"] - summary["start/pass@1"])
         print(f"held-out pass@1  before RL (start model): {summary['start/pass@1']:.3f}"
@@ -52,6 +53,16 @@ def cmd_train(argv: list[str]) -> int:
     elif "end/pass@1" in summary:
         print(f"held-out pass@1 after RL: {summary['end/pass@1']:.3f}")
     return 0
+
+
+def _write_report(run_dir) -> None:
+    """The run's metric curves as `report.html`; skipped with a note when matplotlib is absent."""
+    try:
+        from longrl.report import write_run_report
+
+        print(f"report: {write_run_report(run_dir)}")
+    except ImportError as exc:
+        print(f"report skipped ({exc}); `pip install longrl[data]` adds matplotlib", file=sys.stderr)
 
 
 def cmd_sft(argv: list[str]) -> int:
@@ -69,8 +80,8 @@ def cmd_sft(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
-    from longrl.data.worlds import World
     from longrl.evaluate import evaluate
+    from longrl.loop import eval_prompt_set
     from longrl.models import load_policy
     from longrl.rewards.registry import get_reward
     from longrl.rollout.engine import make_engine
@@ -84,7 +95,7 @@ def cmd_eval(argv: list[str]) -> int:
     model, tokenizer = load_policy(args.model, config.model.dtype)
     engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
     rewards = {n: (get_reward(n), w) for n, w in zip(config.reward.names, config.reward.weights)}
-    metrics = evaluate(engine, tokenizer, World(config.world).eval_prompts(), rewards, config.eval)
+    metrics = evaluate(engine, tokenizer, eval_prompt_set(config), rewards, config.eval)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -128,8 +139,123 @@ def cmd_testgen(argv: list[str]) -> int:
     return testgen_main(argv)
 
 
+def cmd_merge(argv: list[str]) -> int:
+    from longrl.long2short import MergeError, merge_checkpoints
+
+    parser = argparse.ArgumentParser(
+        prog="longrl merge", description="Weighted average of Hugging Face checkpoints (long2short, SPEC §7).")
+    parser.add_argument("checkpoints", nargs="+", help="two or more model directories (safetensors)")
+    parser.add_argument("--out", required=True, help="directory to write the merged model to")
+    parser.add_argument("--weights", type=float, nargs="+", help="one weight per checkpoint (normalised; default equal)")
+    args = parser.parse_args(argv)
+    try:
+        out = merge_checkpoints(args.checkpoints, args.out, args.weights)
+    except MergeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"merged model written to {out}")
+    return 0
+
+
+def cmd_shortest_rs(argv: list[str]) -> int:
+    from longrl.config import ShortestRSConfig
+    from longrl.long2short import run_shortest_rs
+
+    parser = _config_parser("longrl shortest-rs", ShortestRSConfig,
+                            "Shortest rejection sampling (SPEC §7): sample n per prompt with model.path, "
+                            "keep the shortest correct, SFT on them.")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_intermixed_args(argv)
+    path, overrides = _split_config_arg(args)
+    config = load_config(ShortestRSConfig, path, overrides)
+    metrics = run_shortest_rs(config, show_progress=not args.no_progress)
+    print(f"model: {config.out_dir}/{config.name}/final   kept {metrics['rs/kept']:.0f} samples "
+          f"(mean {metrics['rs/kept_mean_tokens']:.1f} tokens of {metrics['sample/mean_tokens']:.1f} sampled)")
+    print(f"held-out pass@1: {metrics['eval/pass@1']:.3f}   mean tokens: {metrics['eval/mean_tokens']:.1f}")
+    return 0
+
+
+def cmd_dpo(argv: list[str]) -> int:
+    from longrl.config import DPOConfig
+    from longrl.long2short import run_dpo
+
+    parser = _config_parser("longrl dpo", DPOConfig,
+                            "DPO towards shorter answers (SPEC §7): pairs from n samples of model.path, "
+                            "reference = model.path frozen.")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_intermixed_args(argv)
+    path, overrides = _split_config_arg(args)
+    config = load_config(DPOConfig, path, overrides)
+    metrics = run_dpo(config, show_progress=not args.no_progress)
+    print(f"model: {config.out_dir}/{config.name}/final   {metrics['dpo/pairs']:.0f} pairs, final margin "
+          f"{metrics['dpo/final_margin']:.3f}")
+    print(f"held-out pass@1: {metrics['eval/pass@1']:.3f}   mean tokens: {metrics['eval/mean_tokens']:.1f}")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    from longrl import report
+
+    parser = _config_parser("longrl report", RunConfig,
+                            "Token efficiency of checkpoints (--model NAME=DIR ... --out DIR: pass@1 vs mean "
+                            "tokens, PNG + markdown table) or a run's curves (--run RUN_DIR: report.html).")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR", help="a checkpoint to compare")
+    parser.add_argument("--out", help="directory for token_efficiency.png/.md/.json")
+    parser.add_argument("--run", metavar="RUN_DIR", help="write RUN_DIR/report.html from its metrics.jsonl")
+    args = parser.parse_intermixed_args(argv)
+    if args.run:
+        print(f"report written to {report.write_run_report(args.run)}")
+        return 0
+    if not args.model or not args.out:
+        parser.error("give --run RUN_DIR, or --model NAME=DIR (one or more) and --out DIR")
+    checkpoints = {}
+    for item in args.model:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            parser.error(f"--model {item!r} must look like NAME=DIR")
+        checkpoints[name] = directory
+    from longrl.data.worlds import World
+    from longrl.evaluate import token_efficiency
+    from longrl.rewards.registry import get_reward
+
+    path, overrides = _split_config_arg(args)
+    config = load_config(RunConfig, path, overrides)
+    rewards = {n: (get_reward(n), w) for n, w in zip(config.reward.names, config.reward.weights)}
+    rows = token_efficiency(checkpoints, World(config.world).eval_prompts(), rewards, config.eval,
+                            seed=config.seed, dtype=config.model.dtype)
+    paths = report.write_efficiency_report(rows, args.out)
+    print(report.efficiency_table(rows), end="")
+    print(f"plot: {paths['png']}   table: {paths['md']}")
+    return 0
+
+
+def cmd_curate(argv: list[str]) -> int:
+    from longrl.config import CurateConfig
+    from longrl.data.curate import CurateError, run_curate
+
+    parser = _config_parser("longrl curate", CurateConfig,
+                            "Curate an RL prompt set (SPEC §1): dedupe, decontaminate, drop guessable and "
+                            "easy-to-hack prompts, label difficulty by pass rate, balance tags.")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    args = parser.parse_intermixed_args(argv)
+    path, overrides = _split_config_arg(args)
+    config = load_config(CurateConfig, path, overrides)
+    try:
+        out, report = run_curate(config, show_progress=not args.no_progress)
+    except CurateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    reasons = ", ".join(f"{r} {e['count']}" for r, e in report["dropped"]["by_reason"].items()) or "none"
+    buckets = ", ".join(f"{b} {n}" for b, n in report["output"]["buckets"].items()) or "none"
+    print(f"{report['loaded']} prompts loaded, {report['curated']} kept; dropped: {reasons}")
+    print(f"difficulty buckets of the curated set: {buckets}")
+    print(f"curated set: {out / 'curated.jsonl'}   report: {out / 'report.md'}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_init,
-            "sandbox": cmd_sandbox, "testgen": cmd_testgen}
+            "sandbox": cmd_sandbox, "testgen": cmd_testgen, "merge": cmd_merge,
+            "shortest-rs": cmd_shortest_rs, "dpo": cmd_dpo, "report": cmd_report, "curate": cmd_curate}
 
 
 def main(argv: list[str] | None = None) -> int:
