@@ -267,4 +267,7 @@ PAIRS: list[tuple[str, str, bool, str]] = [
     ("2 x", "2", False, "symbolic"),
     (r"3+4\mathrm{i}", "3+4i", True, "complex"),
     (r"2\text{i}", r"\sqrt{-4}", True, "complex"),
+    # an answer cut off mid-expression: the parser would read the prefix `(x^2 + 2)/...` and stop
+    (r"I found that (x^2 + 2)/(x^2 + ", "2", False, "malformed"),
+    (r"\frac{1}{2", r"\frac{1}{2}", False, "malformed"),
 ]

@@ -73,6 +73,8 @@ def test_verdict_reasons():
     assert check_equivalence("5 m", "5").reason == "equal"  # a lone letter after a number: unit
     assert check_equivalence("5m", "5").reason == "not_equal"  # but `5m` may be 5 times m
     assert check_equivalence("", "5").reason == "empty"
+    assert check_equivalence("(x^2 + 2)/(x^2 + ", "2").reason == "malformed"
+    assert check_equivalence("[0, 1)", "[0,1)").reason == "equal"  # mixed brackets balance
     assert check_equivalence("2", "2").reason == "equal"
     assert check_equivalence("x+1", "x+2").reason == "not_equal"
     assert check_equivalence("9" * 5000, "1").equal is False  # beyond Python's int-str limit

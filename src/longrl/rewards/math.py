@@ -429,6 +429,14 @@ def _literals_equal(x: tuple[Fraction, bool], y: tuple[Fraction, bool]) -> bool:
     return a == b
 
 
+def _unbalanced(text: str) -> bool:
+    """An answer cut off mid-expression (`(x^2 + 2)/(x^2 + `) whose prefix the parser would
+    still read as a value. Round and square brackets are counted together, so half-open
+    intervals such as `[0, 1)` are balanced; braces must balance on their own."""
+    opened = text.count("(") + text.count("[") - text.count(")") - text.count("]")
+    return opened != 0 or text.count("{") != text.count("}")
+
+
 def _literal_verdict(pairs: list[tuple[str, str]]) -> bool | None:
     literals = [(_literal(a), _literal(b)) for a, b in pairs]
     if any(x is None or y is None for x, y in literals):
@@ -460,6 +468,8 @@ def check_equivalence(
     p, g = normalize_answer(str(pred)), normalize_answer(str(gold))
     if not p.text or not g.text:
         return Verdict(False, "empty")
+    if _unbalanced(p.text):
+        return Verdict(False, "malformed")
     if _units_conflict(p, g):
         return Verdict(False, "unit_mismatch")
     if _set_vs_sequence(p, g):

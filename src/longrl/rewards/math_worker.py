@@ -63,7 +63,7 @@ _BOOTSTRAP = (
 @dataclass(frozen=True)
 class Verdict:
     equal: bool
-    reason: str  # "equal" | "not_equal" | "unit_mismatch" | "empty" | "timeout" | "worker_error"
+    reason: str  # "equal" | "not_equal" | "unit_mismatch" | "empty" | "malformed" | "timeout" | "worker_error"
 
 
 class _Worker:
