@@ -7,14 +7,25 @@ RL iterations from it on the same long-tailed prompt pool:
 
 - full:    every iteration samples prompts_per_iter x k to completion (max_new_tokens long enough
            for the long chains), so each iteration waits for its longest trajectory;
-- partial: the same token budget per iteration as prompts_per_iter x k x segment_tokens; each
-           trajectory grows at most `segment_tokens` per iteration, unfinished ones continue later.
+- partial: each trajectory grows at most `segment_tokens` per iteration, unfinished ones continue
+           later; the token budget (2 x prompts_per_iter x k x segment_tokens by default) leaves
+           room for prompts_per_iter new groups beside the continuations, so both modes start the
+           same prompts per iteration.
 
 Reported per mode: completed (scored and trained) trajectories per rollout-second, trained tokens
 (response) per wall-second, and the share of trained tokens sampled by an older policy. The two
 runs advance in turns, one iteration each, in this process, so machine load falls on both alike.
+The first `--warmup` iterations of both are run but not counted: partial rollouts start with an
+empty buffer and complete nothing until their first long groups finish, so counting from
+iteration 1 measures the fill of the pipeline, not its throughput (and the first call of an
+engine pays its one-off start-up).
 
-    OMP_NUM_THREADS=1 python benchmarks/partial_rollout.py [--iterations 8] [--sft-steps 150]
+Training takes the same time per trained token in both modes (more for partial rollouts when older
+segments need their log-probs recomputed), so trained tokens per wall-second cannot exceed
+(rollout + training time) / training time of the full run however fast partial rollouts are; the
+benchmark prints that bound, measured, beside the ratio.
+
+    OMP_NUM_THREADS=1 python benchmarks/partial_rollout.py [--iterations 12] [--warmup 6] [--sft-steps 150]
         [--model DIR | --out DIR] [--engine hf|vllm]
     (--out keeps the warm-up in DIR/partial_chain_sft/final for later --model runs)
 """
@@ -64,7 +75,8 @@ def start_mode(model: str, out: str, partial: bool, args, pool: list[Prompt]):
     config.train = TrainConfig(lr=5e-5, mini_batch_size=64, row_tokens=1024)
     config.loss = LossConfig()
     config.partial = PartialRolloutConfig(enabled=partial, segment_tokens=args.segment_tokens,
-                                          max_age=args.max_age, age_policy="finish")
+                                          max_age=args.max_age, age_policy="finish",
+                                          token_budget=args.token_budget or 2 * args.prompts * args.k * args.segment_tokens)
     run = loop.setup(config, model_path=model)
     run.sampler = UniformSampler(pool, seed=0)
     run.dir.mkdir(parents=True, exist_ok=True)
@@ -97,19 +109,23 @@ def run_both(model: str, out: str, args, pool: list[Prompt]) -> tuple[dict, dict
     runs = [start_mode(model, out, partial, args, pool) for partial in (False, True)]
     totals = [dict.fromkeys(("wall_s", "rollout_s", "completed", "trained_tokens", "old_tokens", "sampled_tokens"), 0.0)
               for _ in runs]
-    for i in range(args.iterations):
-        for run, t in (zip(runs, totals) if i % 2 == 0 else zip(runs[::-1], totals[::-1])):
+    scratch = [dict.fromkeys(t, 0.0) for t in totals]  # the warm-up's figures, not reported
+    for i in range(args.warmup + args.iterations):
+        sinks = scratch if i < args.warmup else totals
+        for run, t in (zip(runs, sinks) if i % 2 == 0 else zip(runs[::-1], sinks[::-1])):
             step_mode(run, t, args.verbose)
     for t in totals:
         t["completed_per_rollout_s"] = t["completed"] / t["rollout_s"]
         t["trained_tokens_per_wall_s"] = t["trained_tokens"] / t["wall_s"]
         t["old_token_share"] = t["old_tokens"] / max(t["trained_tokens"], 1)
+        t["train_s"] = t["wall_s"] - t["rollout_s"]  # training, scoring and weight sync
     return totals[0], totals[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=12, help="iterations counted, per mode")
+    parser.add_argument("--warmup", type=int, default=6, help="iterations run first and not counted")
     parser.add_argument("--sft-steps", type=int, default=150)
     parser.add_argument("--model", default="", help="skip the warm-up and use this model directory")
     parser.add_argument("--out", default="", help="directory for the warm-up and the runs (default: a temp dir)")
@@ -120,6 +136,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--segment-tokens", type=int, default=48)
     parser.add_argument("--max-age", type=int, default=8)
+    parser.add_argument("--token-budget", type=int, default=0,
+                        help="partial.token_budget; 0: 2 x prompts x k x segment-tokens, room for the "
+                             "prompts' new groups beside the continuations, so both modes start the "
+                             "same number of prompts per iteration")
     parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout.engine of both runs")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -141,6 +161,9 @@ def main() -> None:
           f"{part['completed_per_rollout_s'] / full['completed_per_rollout_s']:.2f}x, trained tokens per "
           f"wall-second {part['trained_tokens_per_wall_s'] / full['trained_tokens_per_wall_s']:.2f}x; "
           f"share of trained tokens from older policies (partial) {part['old_token_share']:.3f}")
+    ceiling = full["trained_tokens"] / full["train_s"] / full["trained_tokens_per_wall_s"]
+    print(f"bound: trained tokens per wall-second of a rollout that took no time at all would be "
+          f"{ceiling:.2f}x the full run's (training {full['train_s'] / full['wall_s']:.0%} of its wall time)")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,18 @@ Workloads (`--workloads`):
   tenth of it (per-request `max_new_tokens`): the shape of an RL batch where a few chains of
   thought are much longer. An engine that keeps computing finished rows pays for the longest.
 
+`--step-cost` times instead one decoding step (a uniform call's wall time / its steps) at 1, 4,
+16, ... running rows, for each engine, and prints each against the 1-row step: the curve that
+decides what partial rollouts can save. They save the steps where few long rows still run
+(docs/rollout.md); those are cheap where a step costs about the same at any row count (decoding
+bound by reading the weights, a GPU) and dear where the cost grows with the rows.
+
 `--hf-baseline REV` also times the HF engine of git revision REV (its `rollout/engine.py`, loaded
 from `git show`) in the same turns: the speed-up of the current HF engine over it.
 
     OMP_NUM_THREADS=1 python benchmarks/rollout_speed.py [--models tiny smollm2]
         [--workloads uniform long-tailed] [--dtype float32|bfloat16] [--hf-baseline REV] [--vllm-packed]
+        [--step-cost]
 """
 
 from __future__ import annotations
@@ -116,7 +123,28 @@ def matmul_flops(model, rows: int, seconds: float = 0.5) -> float:
     return calls * 2.0 * rows * config.hidden_size * config.intermediate_size / (time.perf_counter() - start)
 
 
-def measure(name: str, repeat: int, workloads: list[str], dtype: str, baseline: str, packed: bool) -> dict:
+def step_costs(engines: dict, prompt_ids: list[list[int]], params, repeat: int) -> dict[str, dict[int, float]]:
+    """Seconds per decoding step of each engine at each row count (best of `repeat`, in turns)."""
+    from longrl.types import GenerationRequest
+
+    costs: dict[str, dict[int, float]] = {kind: {} for kind in engines}
+    rows = 1
+    while rows <= len(prompt_ids) * 8:
+        requests = [GenerationRequest(prompt_ids[i % len(prompt_ids)]) for i in range(rows)]
+        for engine in engines.values():
+            engine.generate(requests, params)  # warm-up at this shape
+        for _ in range(repeat):
+            for kind, engine in engines.items():
+                start = time.perf_counter()
+                steps = max(len(c.token_ids) for c in engine.generate(requests, params))
+                cost = (time.perf_counter() - start) / steps
+                costs[kind][rows] = min(costs[kind].get(rows, float("inf")), cost)
+        rows *= 4 if rows < 64 else 2
+    return costs
+
+
+def measure(name: str, repeat: int, workloads: list[str], dtype: str, baseline: str, packed: bool,
+            step_cost: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # before vLLM binds threads
@@ -142,6 +170,9 @@ def measure(name: str, repeat: int, workloads: list[str], dtype: str, baseline: 
     out = {"model": name, "completions": n, "max_new_tokens": new_tokens, "dtype": dtype,
            "threads": torch.get_num_threads(), "flops_per_token": flops_per_token(model),
            "matmul_flops": matmul_flops(model, n)}
+    if step_cost:
+        out["step_cost"] = step_costs(engines, prompt_ids, params, repeat)
+        return out
     for workload in workloads:
         requests = workload_requests(workload, prompt_ids, k, new_tokens)
         for engine in engines.values():
@@ -165,12 +196,17 @@ def main() -> None:
     parser.add_argument("--hf-baseline", default="", metavar="REV", help="also time the HF engine of this git revision")
     parser.add_argument("--vllm-packed", action="store_true", help="also time vLLM with its oneDNN-packed "
                         "weights (rollout.vllm_inplace_sync=false; the default keeps plain weights)")
+    parser.add_argument("--step-cost", action="store_true", help="time one decoding step per row count instead")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        r = measure(args.one, args.repeat, args.workloads, args.dtype, args.hf_baseline, args.vllm_packed)
+        r = measure(args.one, args.repeat, args.workloads, args.dtype, args.hf_baseline, args.vllm_packed,
+                    args.step_cost)
         print("RESULT " + json.dumps(r), flush=True)
+        return
+    if args.step_cost:
+        print_step_costs(args)
         return
     base = f"HF@{args.hf_baseline[:7]}" if args.hf_baseline else ""
     print(f"{'model':<9} {'workload':<12} {'completions':>11} {'new tok':>7} {'HF tok/s':>9} "
@@ -194,6 +230,21 @@ def main() -> None:
     print(f"{args.dtype}, OMP threads {os.environ.get('OMP_NUM_THREADS', '2')}; goal: vLLM/HF >= 3x "
           "(best of --repeat runs each, in turns, same requests)\nGFLOP/s = tok/s x 2 x weights per token; "
           "plain matmul = one MLP-shaped product at the batch's rows, the ceiling for both engines")
+
+
+def print_step_costs(args) -> None:
+    print(f"{'model':<9} {'engine':<6} " + "  ".join(f"{'rows ' + str(n):>17}" for n in (1, 4, 16, 64, 128)))
+    for name in args.models:
+        r = measure_isolated(name, args.repeat, ["--step-cost", "--dtype", args.dtype])
+        if r is None:
+            continue
+        for kind, costs in r["step_cost"].items():
+            one = costs["1"]  # JSON keys are strings
+            cells = [f"{costs[n] * 1e3:6.2f} ms {costs[n] / one:5.1f}x" for n in sorted(costs, key=int)]
+            print(f"{name:<9} {kind:<6} " + "  ".join(f"{c:>17}" for c in cells))
+    print(f"{args.dtype}, OMP threads {os.environ.get('OMP_NUM_THREADS', '2')}; ms per decoding step "
+          "(uniform call / its steps, best of --repeat), and x the 1-row step. A curve near 1x is the "
+          "regime where partial rollouts pay (few long rows cost a whole step)")
 
 
 if __name__ == "__main__":

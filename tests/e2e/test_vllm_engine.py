@@ -200,3 +200,36 @@ def test_eos_stops_like_the_hf_engine(engine, policy):
     theirs = HFEngine(model, tok).generate([GenerationRequest(prompt)], params)[0]
     assert ours.finish_reason == theirs.finish_reason == "stop"
     assert ours.token_ids == theirs.token_ids == greedy.token_ids[:greedy.token_ids.index(greedy.token_ids[2]) + 1]
+
+
+def test_partial_rollouts_continue_beside_new_samples_in_one_call(engine, policy):
+    """vLLM batches ragged contexts, so an iteration's continuations and new samples share one
+    call (rollout/partial.py); greedy trajectories built that way equal one-shot greedy runs."""
+    from longrl.buffer import ReplayBuffer
+    from longrl.config import PartialRolloutConfig
+    from longrl.rollout.partial import partial_rollout
+    from longrl.types import Prompt
+
+    model, tok = policy
+    prompts = [Prompt(f"p{i}", text) for i, text in enumerate(("1+2", "345+678", "77*8", "1+2+3+4+5+6"))]
+    params = SamplingParams(temperature=0.0, max_new_tokens=30)
+    one_shot = engine.generate([GenerationRequest(encode_prompt(tok, p.text)) for p in prompts], params)
+    assert any(c.finish_reason == "length" for c in one_shot)  # some need all three segments
+    calls = []
+    generate = engine.generate
+    engine.generate = lambda requests, p: calls.append([len(r.prefix_ids) for r in requests]) or generate(requests, p)
+    try:
+        fresh, buffer, done = iter(prompts), ReplayBuffer(), []
+        cfg = PartialRolloutConfig(enabled=True, segment_tokens=10, max_age=5, token_budget=1000)
+        for version in range(4):  # weights unchanged between iterations
+            out, _ = partial_rollout(engine, tok, lambda text: encode_prompt(tok, text), buffer,
+                                     lambda n: [p for _, p in zip(range(n), fresh)], cfg, 2, 1, params, version)
+            done += out
+    finally:
+        engine.generate = generate
+    assert len(calls) == 4  # one call per iteration
+    assert any(0 in c and any(n > 0 for n in c) for c in calls)  # continuations beside new samples
+    by_prompt = {t.prompt.id: t for t in done}
+    assert sorted(by_prompt) == [p.id for p in prompts]
+    for p, ref in zip(prompts, one_shot):
+        assert by_prompt[p.id].response_ids == ref.token_ids

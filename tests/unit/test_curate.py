@@ -230,9 +230,10 @@ def test_easy_to_hack_forces_an_immediate_answer(char_tokenizer):
 
 
 @pytest.mark.parametrize("answer_format, completion, scored", [
-    ("<answer>{guess}</answer>", "42</answer> because 6*7", "<answer>42</answer>"),
+    ("<answer>{guess}</answer>", "42</answer> because 6*7", "<answer>42</answer> because 6*7"),
     ("<answer>{guess}</answer>", " 42\nsince...", "<answer>42</answer>"),  # the first line, closed
-    ("\\boxed{{guess}}", "\\frac{1}{2}} is it", "\\boxed{\\frac{1}{2}}"),  # cut at the last closing brace
+    ("\\boxed{{guess}}", "\\frac{1}{2}} is it", "\\boxed{\\frac{1}{2}} is it"),  # closed by the model
+    ("\\boxed{{guess}}", "\\frac{1040}{5}", "\\boxed{\\frac{1040}{5}}"),  # a brace inside is not the close
     ("A: {guess}", "632", "A: 632"),
 ])
 def test_guess_text(answer_format, completion, scored):

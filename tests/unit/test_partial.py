@@ -84,6 +84,20 @@ def test_partial_rollout_accounting_and_completion_by_length():
     assert [len(r.prefix_ids) for r in engine.calls[2][:4]] == [80] * 4
 
 
+@pytest.mark.parametrize("pads", [True, False])
+def test_continuations_and_new_samples_share_a_call_only_without_padding(pads):
+    class Engine(BudgetEngine):
+        pads_contexts = pads
+
+    cfg = PartialRolloutConfig(enabled=True, token_budget=400, segment_tokens=40, max_age=10)
+    _, _, engine = _run(cfg, 2, engine=Engine())  # iteration 1: 4 continuations + 2 new groups
+    calls = [[len(r.prefix_ids) for r in call] for call in engine.calls[1:]]
+    if pads:  # continuations alone, then new samples: new rows are not padded to 40-token prefixes
+        assert calls == [[40] * 4, [0] * 4]
+    else:
+        assert calls == [[40] * 4 + [0] * 4]
+
+
 @pytest.mark.parametrize("policy", ["drop", "finish"])
 def test_age_limit(policy):
     cfg = PartialRolloutConfig(enabled=True, segment_tokens=10, max_age=2, age_policy=policy)

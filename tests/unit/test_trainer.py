@@ -44,6 +44,23 @@ def _trajectories(k=4):
     return out
 
 
+def test_current_logprobs_packed_equal_one_forward_per_sequence(tiny_model_dir):
+    model = load_model(tiny_model_dir).eval()
+    trajectories = _trajectories()
+    trajectories[2].segments.append(Segment([30, 31, 32, 33, 34, 35], [0.0] * 6, 1))  # longer ones
+    trajectories[5].prompt_ids = [3, 24, 25, 26, 4]
+    # rows of 12 tokens hold one or two sequences; chunks of 2 rows: several forwards, several rows each
+    trainer = Trainer(model, TrainConfig(row_tokens=12, micro_batch_rows=2), LossConfig(), pad_id=0)
+    packed = trainer.current_logprobs(trajectories)
+    assert trainer.current_logprobs([]) == []
+    with torch.no_grad():
+        for t, got in zip(trajectories, packed):
+            ids = torch.tensor([t.prompt_ids + t.response_ids])
+            alone = token_logprobs(model, ids, torch.arange(ids.shape[1])[None])[0, len(t.prompt_ids):]
+            assert got.shape == (t.num_response_tokens,)
+            torch.testing.assert_close(got, alone, rtol=0, atol=1e-5)
+
+
 def test_train_batch_masks_prompts_and_keeps_sampling_logprobs():
     trajectories = _trajectories(k=2)
     trajectories[0].segments[0].logprobs = [-0.1, -0.2, -0.3, -0.4]

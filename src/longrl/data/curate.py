@@ -435,15 +435,18 @@ def guess_text(answer_format: str, completion: str) -> str:
     """The response a guess is scored as: `answer_format` with `{guess}` filled in.
 
     The model was forced to start with the text before `{guess}`; its guess is the first line of
-    what it wrote, cut at the last occurrence of the text after `{guess}` (the closing part),
-    which is then always put back: `<answer>{guess}</answer>` + `42</answer> since...` ->
-    `<answer>42</answer>`.
+    what it wrote, kept whole. The closing text (after `{guess}`) is appended when the guess did
+    not close the answer itself: a closing brace when the braces do not balance (`\\boxed{` +
+    `\\frac{1}{2}` -> `\\boxed{\\frac{1}{2}}`), any other closing text when it is absent
+    (`<answer>` + `42` -> `<answer>42</answer>`).
     """
     prefix, _, suffix = answer_format.partition("{guess}")
-    line = completion.lstrip().split("\n", 1)[0]
-    if suffix and suffix in line:
-        line = line[:line.rindex(suffix)]
-    return prefix + line + suffix
+    text = prefix + completion.lstrip().split("\n", 1)[0]
+    if "}" in suffix:
+        closed = text.count("{") <= text.count("}")
+    else:
+        closed = suffix in text[len(prefix):]
+    return text if closed else text + suffix
 
 
 def easy_to_hack(prompts: Sequence[Prompt], engine, tokenizer, judge: Judge, guesses: int = 8,

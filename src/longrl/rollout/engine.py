@@ -50,6 +50,10 @@ from longrl.types import Completion, GenerationRequest, SamplingParams
 
 
 class InferenceEngine(Protocol):
+    # True when one call pads every context to its longest (so callers should not mix very
+    # different context lengths in one call); False when the engine batches ragged contexts.
+    pads_contexts: bool
+
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]: ...
 
     def load_weights(self, state: Iterable[tuple[str, torch.Tensor]]) -> None: ...
@@ -156,6 +160,8 @@ def kv_cache(model, capacity: int) -> Cache:
 
 class HFEngine:
     """Batched sampling with a transformers causal LM and its KV cache, in this process."""
+
+    pads_contexts = True  # left-padded batches
 
     def __init__(self, model, tokenizer, batch_size: int = 256, seed: int = 0):
         self.model = model.eval()

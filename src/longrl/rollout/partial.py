@@ -12,9 +12,10 @@ The exact policy, at iteration i (the engine holds π_θi, `version` = i):
    (`GenerationRequest.prefix_ids`) with the current policy, while their caps fit the budget;
    those that do not fit wait for a later iteration (and keep ageing).
 3. New groups fill the rest. n = min(prompts_per_iter, remaining budget // (k · cap)) new prompts
-   are drawn, k samples each, so short new trajectories run beside the long ones. Continuations
-   and new samples are generated in two engine calls (new rows would otherwise be left-padded
-   to the longest continuation's context).
+   are drawn, k samples each, so short new trajectories run beside the long ones. An engine that
+   batches ragged contexts (vLLM) generates all of them in one call; one that pads every row to
+   the longest context (`pads_contexts`, the HF engine) gets continuations and new samples in two
+   calls, so new rows are not padded to the longest continuation.
 4. Finish. A request that ends with `stop` or `repetition` is finished; one whose response reaches
    `rollout.max_new_tokens` in total is finished as `length`; one that hit its per-iteration cap
    (`budget`) stays unfinished and goes back to the buffer. Each new segment is tagged
@@ -95,8 +96,11 @@ def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], bu
     work = continued + [(t, new_cap) for t in fresh]
     requests = [GenerationRequest(t.prompt_ids, t.response_ids, cap) for t, cap in work]
     start = time.perf_counter()
-    completions = []  # continuations and new samples in separate engine calls: new rows are then
-    for part in (requests[:len(continued)], requests[len(continued):]):  # not padded to long contexts
+    parts = [requests]  # one call: new rows decode beside the continuations (continuous batching)
+    if getattr(engine, "pads_contexts", True):  # two calls, so new rows are not padded to long contexts
+        parts = [requests[:len(continued)], requests[len(continued):]]
+    completions = []
+    for part in parts:
         completions += engine.generate(part, params) if part else []
     elapsed = time.perf_counter() - start
 

@@ -124,6 +124,8 @@ class _QuietExpectedReloadWarnings(logging.Filter):
 class VLLMEngine:
     """`vllm.LLM` behind the `InferenceEngine` seam, in this process."""
 
+    pads_contexts = False  # paged KV cache, continuous batching: ragged contexts cost no padding
+
     def __init__(self, model_dir: str | Path, tokenizer, *, dtype: str = "float32",
                  batch_size: int = 256, seed: int = 0, kv_cache_gib: float = 1.0,
                  enforce_eager: bool = True, prefix_caching: bool = True,
