@@ -270,4 +270,12 @@ PAIRS: list[tuple[str, str, bool, str]] = [
     # an answer cut off mid-expression: the parser would read the prefix `(x^2 + 2)/...` and stop
     (r"I found that (x^2 + 2)/(x^2 + ", "2", False, "malformed"),
     (r"\frac{1}{2", r"\frac{1}{2}", False, "malformed"),
+    # references the parser reads only in part (`gcd(n, 6)` came out as 6): a number is not them
+    ("6", "gcd(n, 6)", False, "partial_reference"),
+    ("7", r"2^{n} \bmod 7", False, "partial_reference"),
+    ("2", "2^floor(n/2)*floor(n/2)!", False, "partial_reference"),
+    # plain floor/ceil calls, as CHAMP writes references
+    (r"2^{\lfloor n/2 \rfloor} \lfloor n/2 \rfloor!", "2^floor(n/2)*floor(n/2)!", True, "latex_plain"),
+    ("3", "ceil(5/2)", True, "latex_plain"),
+    ("3", "floor(5/2)", False, "latex_plain"),
 ]

@@ -349,6 +349,8 @@ def test_humaneval_source():
     ("The limit exists and is equal to (a+3b)/2", "(a+3b)/2"),
     ("The only possible value for the limit is sqrt(a)", "sqrt(a)"),
     ("2 inequalities", "2"),
+    ("At most 0 integer-valued zeros (i.e., no integer zeros)", "0"),
+    ("sum_(k=1)^n 1/k", r"\sum_{k=1}^{n} 1/k"),
     ("No integer solutions", "No integer solutions"),
     ("x=±1, ±2, ±1/2", "x=±1, ±2, ±1/2"),
 ])

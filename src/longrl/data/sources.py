@@ -471,6 +471,8 @@ _CHAMP_REWRITES = [
     (re.compile(r"^(\S+) is the only possible value$"), r"\1"),
     (re.compile(r"^The (?:limit exists and is equal to|only possible value for the limit is) (.+)$"), r"\1"),
     (re.compile(r"^(\d+) (?:values|pairs|roots|inequalities)$"), r"\1"),
+    (re.compile(r"^At most 0 [\w\s-]+ \(i\.e\., no [\w\s-]+\)$"), "0"),  # "At most 0 values (i.e., no such values)"
+    (re.compile(r"^sum_\((\w)=(\w+)\)\^(\w+) (.+)$"), r"\\sum_{\1=\2}^{\3} \4"),  # "sum_(k=1)^n 1/k"
 ]
 _CHAMP_FORMAT = "Put your final answer in \\boxed{}."
 

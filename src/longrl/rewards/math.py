@@ -302,29 +302,36 @@ def _split_unit(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def _balanced_parens_to_braces(text: str, command: str) -> str:
-    """`\\sqrt(x+1)` -> `\\sqrt{x+1}` with nested parentheses kept."""
-    start = text.find(command + "(")
-    while start != -1:
-        open_at, depth = start + len(command), 0
-        for i in range(open_at, len(text)):
+def _rewrap_call(text: str, name: str, left: str, right: str) -> str:
+    """`name(...)` -> `left...right` with nested parentheses kept: `\\sqrt(x+1)` -> `\\sqrt{x+1}`,
+    `floor(n/2)` -> `{\\lfloor n/2 \\rfloor}`. A call left open stays as it is."""
+    pattern = re.compile(rf"(?<![\\A-Za-z]){re.escape(name)}\s*\(")
+    at = 0
+    while match := pattern.search(text, at):
+        depth = 0
+        for i in range(match.end() - 1, len(text)):
             depth += {"(": 1, ")": -1}.get(text[i], 0)
             if depth == 0:
-                text = f"{text[:open_at]}{{{text[open_at + 1 : i]}}}{text[i + 1 :]}"
+                inner = text[match.end():i]
+                text = f"{text[:match.start()]}{left}{inner}{right}{text[i + 1:]}"
                 break
         else:
             return text
-        start = text.find(command + "(", open_at)
+        at = match.start() + len(left)
     return text
 
 
 def _plain_to_latex(text: str) -> str:
-    """Plain-text math as models write it (`sqrt(2)/2`, `2*pi`, `1e-7`) into LaTeX."""
+    """Plain-text math as models write it (`sqrt(2)/2`, `2*pi`, `1e-7`, `floor(n/2)`) into LaTeX."""
     text = text.replace("**", "^")
     text = _SCIENTIFIC.sub(r"\1\\times 10^{\2}", text)
     text = _FUNCTION_WORDS.sub(r"\\\1 ", text)
     text = re.sub(r"\\(\w+) (?=[({])", r"\\\1", text)  # `\sqrt (` -> `\sqrt(`
-    text = _balanced_parens_to_braces(text, r"\sqrt")
+    text = _rewrap_call(text, r"\sqrt", r"\sqrt{", "}")
+    # braced, so that `2^floor(n/2)` keeps the whole call as its exponent; unrewritten, `floor`
+    # reads as the product f*l*o*o*r
+    text = _rewrap_call(text, "floor", r"{\lfloor ", r" \rfloor}")
+    text = _rewrap_call(text, "ceil", r"{\lceil ", r" \rceil}")
     return re.sub(r"(?<!\*)\*(?!\*)", r" \\cdot ", text)
 
 

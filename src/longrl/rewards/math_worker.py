@@ -34,7 +34,9 @@ import atexit
 import json
 import os
 import queue
+import re
 import select
+import string
 import subprocess
 import sys
 import threading
@@ -277,6 +279,19 @@ def _numeric_verdict(a, b) -> bool | None:
         return bool(diff <= mpmath.mpf("1e-40") * max(abs(x), abs(y)))
 
 
+def _read_in_part(text: str, parsed: list) -> bool:
+    """A reference that names a variable but parsed to a bare number: the parser read only part
+    of it (plain `2^floor(n/2)*floor(n/2)!` came out as 2 before `floor` was rewritten), and any
+    answer equal to that part would pass. LaTeX command names and the constants e and i are not
+    variables."""
+    import sympy
+
+    if not parsed or not isinstance(parsed[0], sympy.Number):
+        return False
+    letters = set(re.sub(r"\\[A-Za-z]+", " ", text)) & set(string.ascii_letters)
+    return bool(letters - {"e", "i"})
+
+
 def _to_mpc(value):
     import mpmath
     import sympy
@@ -356,6 +371,8 @@ def _make_checker():
 
     def check(pred: str, gold: str) -> bool:
         gold_parsed, pred_parsed = parsed(gold), parsed(pred)
+        if _read_in_part(gold, gold_parsed):
+            return False  # only an exact match (decided before the worker) can pass
         return bool(gold_parsed and pred_parsed and verify(
             gold_parsed, pred_parsed, strict=True, allow_set_relation_comp=True,
             timeout_seconds=None))  # fmt: skip
