@@ -99,8 +99,8 @@ class RolloutConfig:
               "partial rollouts). Reset after every weight load.")
     vllm_inplace_sync: bool = opt(
         False, "vLLM on CPU: keep plain weight tensors (no oneDNN packing) so a weight sync is an "
-               "in-place copy: 1.2x a plain copy on SmolLM2-135M instead of 5-7x, but decoding runs "
-               "at ~0.8x (docs/rollout.md). Worth it only when syncs outweigh rollouts. No effect "
+               "in-place copy: 1.0-1.2x a plain copy (tiny model, SmolLM2-135M) instead of 5-25x, but "
+               "decoding runs at ~0.8x (docs/rollout.md). Worth it only when syncs outweigh rollouts. No effect "
                "on GPU.")
     sync_check_tolerance: float = opt(
         1e-3, "Largest |engine - trainer| log-prob gap on a fixed probe sequence tolerated after a "

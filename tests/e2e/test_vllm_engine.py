@@ -141,6 +141,27 @@ def test_in_place_push_refuses_an_incomplete_state(inplace_engine, policy):
     inplace_engine.load_weights(params)
 
 
+def test_in_place_pushes_after_the_first_are_plain_copies(inplace_engine, policy):
+    model, tok = policy
+    params = list(model.named_parameters())
+    inplace_engine.load_weights(params)  # a complete push through vLLM's loader finds the plan
+    assert isinstance(inplace_engine._plan, dict)
+    assert set(inplace_engine._plan) == {n for n, _ in params}
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.02)
+        WeightSync(model, inplace_engine, tok, tolerance=ATOL)(iteration=1)  # checked: raises if stale
+        (vllm_model,) = inplace_engine.llm.apply_model(lambda m: m)
+        attn = model.model.layers[1].self_attn
+        fused = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        assert torch.equal(vllm_model.model.layers[1].self_attn.qkv_proj.weight, fused)
+    finally:
+        model.load_state_dict(original)
+        inplace_engine.load_weights(model.named_parameters())
+
+
 class FiresAtFifth:
     """A stand-in repetition detector: fires on the 5th token it sees, counting primed ones."""
 

@@ -99,6 +99,63 @@ def _parameter_names(model: torch.nn.Module) -> frozenset[str]:
     return frozenset(name for name, _ in model.named_parameters())
 
 
+def _locate(block: torch.Tensor, params: dict[str, torch.Tensor], like: str) -> tuple[str, int] | None:
+    """(parameter name, row offset) where `block` sits along dim 0 of one of `params`, trying
+    parameters that share the longest name prefix with `like` first; None if nowhere."""
+    def shared(name: str) -> int:
+        return next((i for i, (a, b) in enumerate(zip(name, like)) if a != b), min(len(name), len(like)))
+
+    rows = block.reshape(block.shape[0], -1)  # [R, C]
+    for name in sorted(params, key=shared, reverse=True):
+        p = params[name]
+        if p.dim() != block.dim() or p.shape[1:] != block.shape[1:] or p.shape[0] < block.shape[0]:
+            continue
+        flat = p.reshape(p.shape[0], -1)
+        for offset in (flat == rows[0]).all(-1).nonzero().flatten().tolist():
+            if offset + len(rows) <= len(flat) and torch.equal(flat[offset:offset + len(rows)], rows):
+                return name, offset
+    return None
+
+
+@torch.no_grad()
+def _push_plan(model: torch.nn.Module, shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor] | str:
+    """Where the model's own `load_weights` puts each checkpoint tensor: name -> the view (rows
+    of one vLLM parameter) it is copied into, so that later pushes are plain copies.
+
+    Found once by pushing a distinct random tensor per name through `load_weights` and locating
+    each in the parameters (their values are saved first and put back after). Returns the reason
+    instead when the loader writes some rows in another form than a copy of one checkpoint
+    tensor (a transform): the loader then stays the push path.
+    """
+    params = dict(model.named_parameters())
+    dtype = next(iter(params.values())).dtype
+    saved = {name: p.detach().clone() for name, p in params.items()}
+    generator = torch.Generator().manual_seed(0)  # not the process's RNG: the trainer's draws stay put
+    markers = {name: torch.randn(shape, generator=generator).to(dtype) for name, shape in shapes.items()}
+    try:
+        model.load_weights(list(markers.items()))
+        plan = {}
+        covered = {name: torch.zeros(p.shape[0], dtype=torch.int) for name, p in params.items()}  # [rows]
+        for name, marker in markers.items():
+            found = _locate(marker, params, name)
+            if found is None:
+                continue  # a name the loader skips (a tied head, rotary buffers) or transforms
+            target, offset = found
+            plan[name] = params[target].data[offset:offset + marker.shape[0]]
+            covered[target][offset:offset + marker.shape[0]] += 1
+        for name, count in covered.items():
+            if (count > 1).any():
+                return f"{name}: two checkpoint tensors were located on the same rows"
+            # rows no tensor was located in must be rows the loader does not write (vocabulary
+            # padding); a changed one was written in some other form
+            if not torch.equal(params[name][count == 0], saved[name][count == 0]):
+                return f"{name} is written in a form other than a copy of checkpoint tensors"
+        return plan
+    finally:
+        for name, p in params.items():
+            p.data.copy_(saved[name])
+
+
 def _retie_lm_head(model: torch.nn.Module) -> None:
     """Point a tied LM head at the reloaded embedding again and re-run its kernel preparation.
 
@@ -150,6 +207,7 @@ class VLLMEngine:
         if self.inplace_sync:
             self.llm.apply_model(_unpack_embedding_gemms)
             (self._parameter_names,) = self.llm.apply_model(_parameter_names)
+        self._plan: dict[str, torch.Tensor] | str | None = None  # in-place pushes (`_push_plan`)
         self.max_positions = self.llm.llm_engine.model_config.max_model_len
         self.tied_embeddings = bool(getattr(self.llm.llm_engine.model_config.hf_text_config,
                                             "tie_word_embeddings", False))
@@ -186,18 +244,36 @@ class VLLMEngine:
         """Copy trainer tensors (checkpoint names) into the live engine (module docstring)."""
         weights = [(name, tensor.detach()) for name, tensor in state]
         # in-process, the list reaches the worker by reference; vLLM fuses q/k/v and gate/up itself
-        if self.inplace_sync:  # the model's own loader copies into its existing tensors
-            (loaded,) = self.llm.apply_model(lambda model: model.load_weights(weights))
-            missed = sorted(self._parameter_names - set(loaded))
-            if missed:
-                raise ValueError(f"weight push left {len(missed)} vLLM parameters unwritten, e.g. "
-                                 f"{missed[:3]}: push every parameter (named as in the checkpoint)")
+        if self.inplace_sync:
+            self._push_in_place(weights)
         else:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
                                                               "is_checkpoint_format": True})
             if self.tied_embeddings:
                 self.llm.apply_model(_retie_lm_head)
         self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
+
+    def _push_in_place(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Copy into the live tensors: through the push plan (`_push_plan`, found at the first
+        complete push) when there is one, else through the model's own `load_weights`, which maps
+        names and fuses q/k/v and gate/up on every push."""
+        names = {name for name, _ in weights}
+        if isinstance(self._plan, dict) and names >= self._plan.keys():
+            with torch.no_grad():
+                for name, tensor in weights:
+                    if (view := self._plan.get(name)) is not None:
+                        view.copy_(tensor)
+            return
+        (loaded,) = self.llm.apply_model(lambda model: model.load_weights(weights))
+        missed = sorted(self._parameter_names - set(loaded))
+        if missed:
+            raise ValueError(f"weight push left {len(missed)} vLLM parameters unwritten, e.g. "
+                             f"{missed[:3]}: push every parameter (named as in the checkpoint)")
+        if self._plan is None:  # a complete push: find the plan for the next ones
+            shapes = {name: tensor.shape for name, tensor in weights}
+            (self._plan,) = self.llm.apply_model(lambda model: _push_plan(model, shapes))
+            if isinstance(self._plan, str):
+                logging.getLogger(__name__).warning("in-place weight push keeps vLLM's loader: %s", self._plan)
 
     def sleep(self) -> None:
         if self.sleep_supported and not self._asleep:
