@@ -196,10 +196,14 @@ def main() -> None:
     parser.add_argument("--hf-baseline", default="", metavar="REV", help="also time the HF engine of this git revision")
     parser.add_argument("--vllm-packed", action="store_true", help="also time vLLM with its oneDNN-packed "
                         "weights (rollout.vllm_inplace_sync=false; the default keeps plain weights)")
+    parser.add_argument("--prompts", type=int, default=0, help="prompts per model (x k samples); 0: the model's default")
     parser.add_argument("--step-cost", action="store_true", help="time one decoding step per row count instead")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prompts:
+        for name, (_, k, new_tokens) in SETTINGS.items():
+            SETTINGS[name] = (args.prompts, k, new_tokens)
     if args.one:
         r = measure(args.one, args.repeat, args.workloads, args.dtype, args.hf_baseline, args.vllm_packed,
                     args.step_cost)
@@ -212,7 +216,8 @@ def main() -> None:
     print(f"{'model':<9} {'workload':<12} {'completions':>11} {'new tok':>7} {'HF tok/s':>9} "
           + (f"{base + ' tok/s':>16} {'HF/' + base:>14} " if base else "") + f"{'vLLM tok/s':>10} {'vLLM/HF':>8}")
     for name in args.models:
-        r = measure_isolated(name, args.repeat, ["--workloads", *args.workloads, "--dtype", args.dtype]
+        r = measure_isolated(name, args.repeat, ["--workloads", *args.workloads, "--dtype", args.dtype,
+                                                 "--prompts", str(args.prompts)]
                              + (["--hf-baseline", args.hf_baseline] if args.hf_baseline else [])
                              + (["--vllm-packed"] if args.vllm_packed else []))
         if r is None:
