@@ -26,6 +26,7 @@ segments need their log-probs recomputed), so trained tokens per wall-second can
 benchmark prints that bound, measured, beside the ratio.
 
     OMP_NUM_THREADS=1 python benchmarks/partial_rollout.py [--iterations 12] [--warmup 6] [--sft-steps 150]
+        [--threads 1]
         [--model DIR | --out DIR] [--engine hf|vllm]
     (--out keeps the warm-up in DIR/partial_chain_sft/final for later --model runs)
 """
@@ -69,7 +70,8 @@ def start_mode(model: str, out: str, partial: bool, args, pool: list[Prompt]):
     from longrl import loop
     from longrl.sampler import UniformSampler
 
-    config = RunConfig(name="partial_bench_" + ("on" if partial else "off"), out_dir=out, seed=0, threads=1, log_samples=0)
+    config = RunConfig(name="partial_bench_" + ("on" if partial else "off"), out_dir=out, seed=0,
+                       threads=args.threads, log_samples=0)
     config.rollout.prompts_per_iter, config.rollout.samples_per_prompt = args.prompts, args.k
     config.rollout.max_new_tokens, config.rollout.engine = args.max_new_tokens, args.engine
     config.train = TrainConfig(lr=5e-5, mini_batch_size=64, row_tokens=1024)
@@ -141,11 +143,13 @@ def main() -> None:
                              "prompts' new groups beside the continuations, so both modes start the "
                              "same number of prompts per iteration")
     parser.add_argument("--engine", default="hf", choices=["hf", "vllm"], help="rollout.engine of both runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of both runs (set "
+                        "OMP_NUM_THREADS to match: vLLM binds its OpenMP threads at start)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     out = args.out or tempfile.mkdtemp(prefix="bench_partial_")
     t0 = time.perf_counter()
     model = args.model or warm_up(out, args.sft_steps, args.long_terms)
