@@ -157,6 +157,9 @@ def test_in_place_pushes_after_the_first_are_plain_copies(inplace_engine, policy
         attn = model.model.layers[1].self_attn
         fused = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
         assert torch.equal(vllm_model.model.layers[1].self_attn.qkv_proj.weight, fused)
+        name, weight = params[-1]
+        with pytest.raises(ValueError, match=f"weight push: {name} has shape"):
+            inplace_engine.load_weights([(n, p) for n, p in params[:-1]] + [(name, weight[:1])])
     finally:
         model.load_state_dict(original)
         inplace_engine.load_weights(model.named_parameters())

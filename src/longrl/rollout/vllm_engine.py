@@ -261,8 +261,12 @@ class VLLMEngine:
         if isinstance(self._plan, dict) and names >= self._plan.keys():
             with torch.no_grad():
                 for name, tensor in weights:
-                    if (view := self._plan.get(name)) is not None:
-                        view.copy_(tensor)
+                    if (view := self._plan.get(name)) is None:
+                        continue
+                    if view.shape != tensor.shape:  # copy_ would broadcast a wrong shape silently
+                        raise ValueError(f"weight push: {name} has shape {tuple(tensor.shape)}, the "
+                                         f"engine holds {tuple(view.shape)}")
+                    view.copy_(tensor)
             return
         (loaded,) = self.llm.apply_model(lambda model: model.load_weights(weights))
         missed = sorted(self._parameter_names - set(loaded))
