@@ -26,7 +26,7 @@ segments need their log-probs recomputed), so trained tokens per wall-second can
 benchmark prints that bound, measured, beside the ratio.
 
     OMP_NUM_THREADS=1 python benchmarks/partial_rollout.py [--iterations 12] [--warmup 6] [--sft-steps 150]
-        [--threads 1]
+        [--threads 1] [--profile]
         [--model DIR | --out DIR] [--engine hf|vllm]
     (--out keeps the warm-up in DIR/partial_chain_sft/final for later --model runs)
 """
@@ -106,14 +106,55 @@ def step_mode(run, totals: dict[str, float], verbose: bool) -> None:
               flush=True)
 
 
+def instrument(run, profile: dict[str, float]) -> None:
+    """--profile: add each engine call's seconds and sampled tokens to `profile` by what the call
+    held (only continuations, only new samples, or both), and the seconds of the trainer's
+    recomputation of π_θi log-probs (`current_logprobs`) and of its training phase."""
+    def timed(fn, key_of):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            key, tokens = key_of(args, out)
+            profile[key + "_s"] = profile.get(key + "_s", 0.0) + time.perf_counter() - start
+            profile[key + "_calls"] = profile.get(key + "_calls", 0.0) + 1
+            profile[key + "_tokens"] = profile.get(key + "_tokens", 0.0) + tokens
+            return out
+        return wrapper
+
+    def call_kind(args, out):
+        continued = sum(bool(r.prefix_ids) for r in args[0])
+        kind = "continued" if continued == len(args[0]) else "new" if continued == 0 else "mixed"
+        return f"generate[{kind}]", sum(len(c.token_ids) for c in out)
+
+    run.engine.generate = timed(run.engine.generate, call_kind)
+    run.trainer.current_logprobs = timed(run.trainer.current_logprobs, lambda args, out: ("recompute_logprobs", 0))
+    run.trainer.train_iteration = timed(run.trainer.train_iteration, lambda args, out: ("train_iteration", 0))
+
+
+def print_profile(name: str, profile: dict[str, float]) -> None:
+    parts = []
+    for key in sorted({k.rsplit("_", 1)[0] for k in profile}):
+        seconds, calls, tokens = (profile.get(f"{key}_{x}", 0.0) for x in ("s", "calls", "tokens"))
+        rate = f", {tokens / seconds:.0f} tok/s" if tokens else ""
+        parts.append(f"{key} {seconds:.1f}s/{calls:.0f} calls{rate}")
+    print(f"  profile {name}: " + "; ".join(parts))
+
+
 def run_both(model: str, out: str, args, pool: list[Prompt]) -> tuple[dict, dict]:
     """Full and partial runs from the same model, advanced in turns (one iteration each)."""
     runs = [start_mode(model, out, partial, args, pool) for partial in (False, True)]
+    profiles: list[dict[str, float]] = [{}, {}]
+    if args.profile:
+        for run, profile in zip(runs, profiles):
+            instrument(run, profile)
     totals = [dict.fromkeys(("wall_s", "rollout_s", "completed", "trained_tokens", "old_tokens", "sampled_tokens"), 0.0)
               for _ in runs]
     scratch = [dict.fromkeys(t, 0.0) for t in totals]  # the warm-up's figures, not reported
     for i in range(args.warmup + args.iterations):
         sinks = scratch if i < args.warmup else totals
+        if i == args.warmup:
+            for profile in profiles:
+                profile.clear()  # the warm-up's calls are not counted either
         for run, t in (zip(runs, sinks) if i % 2 == 0 else zip(runs[::-1], sinks[::-1])):
             step_mode(run, t, args.verbose)
     for t in totals:
@@ -121,6 +162,9 @@ def run_both(model: str, out: str, args, pool: list[Prompt]) -> tuple[dict, dict
         t["trained_tokens_per_wall_s"] = t["trained_tokens"] / t["wall_s"]
         t["old_token_share"] = t["old_tokens"] / max(t["trained_tokens"], 1)
         t["train_s"] = t["wall_s"] - t["rollout_s"]  # training, scoring and weight sync
+    if args.profile:
+        for name, profile in zip(("full", "partial"), profiles):
+            print_profile(name, profile)
     return totals[0], totals[1]
 
 
@@ -146,6 +190,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of both runs (set "
                         "OMP_NUM_THREADS to match: vLLM binds its OpenMP threads at start)")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also print where each mode's time "
+                        "went: engine calls by content, the trainer's log-prob recomputation, training")
     args = parser.parse_args()
     import torch
 
