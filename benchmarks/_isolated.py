@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 
-def measure_in_subprocess(script: str, name: str, repeat: int) -> dict | None:
-    run = subprocess.run([sys.executable, script, "--one", name, "--repeat", str(repeat)],
+def measure_in_subprocess(script: str, name: str, repeat: int, options: list[str] = ()) -> dict | None:
+    """`script --one NAME --repeat N [options]` in a fresh process; its RESULT, or None (printed)."""
+    run = subprocess.run([sys.executable, script, "--one", name, "--repeat", str(repeat), *options],
                          check=False, capture_output=True, text=True)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     if run.returncode or not lines:

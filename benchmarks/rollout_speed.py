@@ -39,7 +39,9 @@ import time
 from pathlib import Path
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_smollm2.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_smollm2.py, _isolated.py
+
+from _isolated import measure_in_subprocess  # noqa: E402
 
 
 SETTINGS = {  # model -> (prompts, k, max_new_tokens)
@@ -60,15 +62,8 @@ def model_dir(name: str) -> Path:
 
 
 def measure_isolated(name: str, repeat: int, options: list[str]) -> dict | None:
-    """`measure` in a fresh process (vLLM binds process-wide state), as benchmarks/_isolated.py
-    does, with this script's options passed on."""
-    run = subprocess.run([sys.executable, __file__, "--one", name, "--repeat", str(repeat), *options],
-                         check=False, capture_output=True, text=True)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    if run.returncode or not lines:
-        print(f"{name}: failed\n{run.stderr[-3000:]}")
-        return None
-    return json.loads(lines[-1][len("RESULT "):])
+    """`measure` in a fresh process (vLLM binds process-wide state), with this script's options."""
+    return measure_in_subprocess(__file__, name, repeat, options)
 
 
 def hf_engine_at(rev: str):

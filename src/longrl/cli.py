@@ -31,6 +31,15 @@ def _split_config_arg(args) -> tuple[str | None, list[str]]:
     return args.config, list(args.overrides)
 
 
+def _load_job(argv: list[str], prog: str, cls: type, summary: str, progress_help: str = "hide the progress bar"):
+    """(config, show_progress) of a command that runs one job from a config file and overrides."""
+    parser = _config_parser(prog, cls, summary)
+    parser.add_argument("--no-progress", action="store_true", help=progress_help)
+    args = parser.parse_intermixed_args(argv)
+    path, overrides = _split_config_arg(args)
+    return load_config(cls, path, overrides), not args.no_progress
+
+
 def cmd_train(argv: list[str]) -> int:
     from longrl import loop
 
@@ -68,12 +77,9 @@ def _write_report(run_dir) -> None:
 def cmd_sft(argv: list[str]) -> int:
     from longrl.sft import run_sft
 
-    parser = _config_parser("longrl sft", SFTConfig, "Supervised warm-up on verified traces (SPEC §2).")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_intermixed_args(argv)
-    path, overrides = _split_config_arg(args)
-    config = load_config(SFTConfig, path, overrides)
-    metrics = run_sft(config, show_progress=not args.no_progress)
+    config, show_progress = _load_job(argv, "longrl sft", SFTConfig,
+                                      "Supervised warm-up on verified traces (SPEC §2).")
+    metrics = run_sft(config, show_progress=show_progress)
     print(f"model: {config.out_dir}/{config.name}/final")
     print(f"held-out pass@1 after SFT: {metrics['eval/pass@1']:.3f}   mean tokens: {metrics['eval/mean_tokens']:.1f}")
     return 0
@@ -161,14 +167,10 @@ def cmd_shortest_rs(argv: list[str]) -> int:
     from longrl.config import ShortestRSConfig
     from longrl.long2short import run_shortest_rs
 
-    parser = _config_parser("longrl shortest-rs", ShortestRSConfig,
-                            "Shortest rejection sampling (SPEC §7): sample n per prompt with model.path, "
-                            "keep the shortest correct, SFT on them.")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_intermixed_args(argv)
-    path, overrides = _split_config_arg(args)
-    config = load_config(ShortestRSConfig, path, overrides)
-    metrics = run_shortest_rs(config, show_progress=not args.no_progress)
+    config, show_progress = _load_job(argv, "longrl shortest-rs", ShortestRSConfig,
+                                      "Shortest rejection sampling (SPEC §7): sample n per prompt with "
+                                      "model.path, keep the shortest correct, SFT on them.")
+    metrics = run_shortest_rs(config, show_progress=show_progress)
     print(f"model: {config.out_dir}/{config.name}/final   kept {metrics['rs/kept']:.0f} samples "
           f"(mean {metrics['rs/kept_mean_tokens']:.1f} tokens of {metrics['sample/mean_tokens']:.1f} sampled)")
     print(f"held-out pass@1: {metrics['eval/pass@1']:.3f}   mean tokens: {metrics['eval/mean_tokens']:.1f}")
@@ -179,14 +181,10 @@ def cmd_dpo(argv: list[str]) -> int:
     from longrl.config import DPOConfig
     from longrl.long2short import run_dpo
 
-    parser = _config_parser("longrl dpo", DPOConfig,
-                            "DPO towards shorter answers (SPEC §7): pairs from n samples of model.path, "
-                            "reference = model.path frozen.")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_intermixed_args(argv)
-    path, overrides = _split_config_arg(args)
-    config = load_config(DPOConfig, path, overrides)
-    metrics = run_dpo(config, show_progress=not args.no_progress)
+    config, show_progress = _load_job(argv, "longrl dpo", DPOConfig,
+                                      "DPO towards shorter answers (SPEC §7): pairs from n samples of "
+                                      "model.path, reference = model.path frozen.")
+    metrics = run_dpo(config, show_progress=show_progress)
     print(f"model: {config.out_dir}/{config.name}/final   {metrics['dpo/pairs']:.0f} pairs, final margin "
           f"{metrics['dpo/final_margin']:.3f}")
     print(f"held-out pass@1: {metrics['eval/pass@1']:.3f}   mean tokens: {metrics['eval/mean_tokens']:.1f}")
@@ -233,15 +231,12 @@ def cmd_curate(argv: list[str]) -> int:
     from longrl.config import CurateConfig
     from longrl.data.curate import CurateError, run_curate
 
-    parser = _config_parser("longrl curate", CurateConfig,
-                            "Curate an RL prompt set (SPEC §1): dedupe, decontaminate, drop guessable and "
-                            "easy-to-hack prompts, label difficulty by pass rate, balance tags.")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_intermixed_args(argv)
-    path, overrides = _split_config_arg(args)
-    config = load_config(CurateConfig, path, overrides)
+    config, show_progress = _load_job(argv, "longrl curate", CurateConfig,
+                                      "Curate an RL prompt set (SPEC §1): dedupe, decontaminate, drop "
+                                      "guessable and easy-to-hack prompts, label difficulty by pass rate, "
+                                      "balance tags.", progress_help="hide the progress bars")
     try:
-        out, report = run_curate(config, show_progress=not args.no_progress)
+        out, report = run_curate(config, show_progress=show_progress)
     except CurateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
