@@ -93,6 +93,16 @@ def test_finish_reasons(engine, policy):
     assert full.finish_reason in ("length", "stop") and full.token_ids[:3] == capped.token_ids
 
 
+def test_the_position_limit_ends_as_length_in_both_engines(engine, policy):
+    """A continuation cut by the model's positions cannot continue (contract, 3): `length`."""
+    model, tok = policy
+    near_end = GenerationRequest([5] * 4, [6] * (engine.max_positions - 7), max_new_tokens=8)  # room 3
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16)  # greedy picks no EOS here
+    for each in (engine, HFEngine(model, tok, batch_size=4)):
+        (out,) = each.generate([near_end], greedy)
+        assert (len(out.token_ids), out.finish_reason) == (3, "length")
+
+
 @pytest.mark.parametrize("kind", ["vllm", "hf"])
 def test_three_greedy_segments_equal_one_greedy_run(kind, engine, policy):
     model, tok = policy

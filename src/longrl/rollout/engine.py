@@ -7,9 +7,8 @@ next to the trainer in one process (colocated) and pushes weights into it after 
 phase with `load_weights`.
 
 `HFEngine` samples with a KV cache in left-padded batches. Requests are sorted by context length
-so a batch pads little. Its log-probs are those of the full temperature-scaled distribution,
-before top-p truncation (the distribution the trainer recomputes); greedy decoding
-(temperature 0) reports log-probs at temperature 1.
+so a batch pads little. Its caps, stops, finish reasons and log-probs are the engine contract's
+(`rollout/contract.py`), written once for both engines.
 
 Finished rows leave the running batch. A row that stops (EOS, a stop token, repetition) or
 reaches its cap is no longer sampled; once finished rows make up 1/`DROP_EVERY` of the running
@@ -46,6 +45,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from longrl.models import token_logprobs
+from longrl.rollout.contract import (
+    finish_reason, logprob_temperature, primed_detector, request_budget, stop_cause, stop_token_ids)
 from longrl.types import Completion, GenerationRequest, SamplingParams
 
 
@@ -74,10 +75,10 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     inverse-CDF sampling, so each row's draw depends on its own number only.
     """
     logits = logits.float()
-    if temperature <= 0:
+    logprobs = (logits / logprob_temperature(temperature)).log_softmax(-1)  # [B, V]
+    if temperature <= 0:  # greedy: the argmax, reported at T = 1 (contract, 4)
         tokens = logits.argmax(-1)
-        return tokens, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
-    logprobs = (logits / temperature).log_softmax(-1)  # [B, V]
+        return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
     probs = logprobs.exp()
     if top_p < 1.0:
         sorted_probs, order = probs.sort(-1, descending=True)
@@ -191,7 +192,7 @@ class HFEngine:
         Temperature 0 scores at temperature 1, as greedy `generate` reports.
         """
         device = next(self.model.parameters()).device
-        temperature = temperature if temperature > 0 else 1.0
+        temperature = logprob_temperature(temperature)
         out = []
         for seq, n in zip(sequences, prompt_lens):  # one sequence per forward: no padding to mask
             ids = torch.tensor([seq], device=device)  # [1, T]
@@ -212,19 +213,6 @@ class HFEngine:
     def _context_len(request: GenerationRequest) -> int:
         return len(request.prompt_ids) + len(request.prefix_ids)
 
-    def _budgets(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[int]:
-        budgets = []
-        for r in requests:
-            budget = params.max_new_tokens if r.max_new_tokens is None else min(r.max_new_tokens, params.max_new_tokens)
-            if self.max_positions is not None and self._context_len(r) + budget > self.max_positions:
-                room = self.max_positions - self._context_len(r)
-                if room <= 0:
-                    raise ValueError(f"a request's context of {self._context_len(r)} tokens does not "
-                                     f"fit the model's {self.max_positions} positions")
-                budget = room
-            budgets.append(budget)
-        return budgets
-
     def _left_padded(self, requests: Sequence[GenerationRequest], device) -> tuple[torch.Tensor, ...]:
         """(input ids, attention mask, position ids), each [B, L]: contexts right-aligned so that
         every row's last token sits in the last column."""
@@ -243,8 +231,10 @@ class HFEngine:
         device = next(self.model.parameters()).device
         input_ids, attention, positions = self._left_padded(requests, device)  # [B, L] each
         (B, L), pad_id = input_ids.shape, self.tokenizer.pad_token_id
-        budgets = torch.tensor(self._budgets(requests, params), device=device)  # [B]
-        stops = torch.tensor(sorted({self.tokenizer.eos_token_id, *params.stop_token_ids}), device=device)
+        budgets = torch.tensor([request_budget(r, params, self.max_positions) for r in requests],
+                               device=device)  # [B]
+        stop_ids = stop_token_ids(self.tokenizer.eos_token_id, params)
+        stops = torch.tensor(stop_ids, device=device)
         S = int(budgets.max())
         tokens = torch.full((B, S), pad_id, dtype=torch.long, device=device)
         logprobs = torch.zeros((B, S), device=device)
@@ -253,9 +243,7 @@ class HFEngine:
         repeated = torch.zeros(B, dtype=torch.bool, device=device)
         detectors = None
         if params.detector is not None:  # one per request, primed with the earlier segments
-            detectors = [params.detector() for _ in requests]
-            for detector, request in zip(detectors, requests):
-                detector.prime(request.prefix_ids)
+            detectors = [primed_detector(params.detector, r.prefix_ids) for r in requests]
 
         cache = kv_cache(self.model, L + S)
         logits = self._prefill(input_ids, attention, positions, cache)  # [B, V]
@@ -271,7 +259,7 @@ class HFEngine:
             tokens[rows, step], logprobs[rows, step] = new, lp[at]
             lengths[rows] += 1
             hit_stop = torch.isin(new, stops)  # [r]
-            hit_repeat = self._feed(detectors, rows, new) & ~hit_stop  # [r]; a stop token wins
+            hit_repeat = self._feed(detectors, rows, new, stop_ids)  # [r]
             stopped[rows], repeated[rows] = hit_stop, hit_repeat
             running[at] = ~(hit_stop | hit_repeat | (lengths[rows] >= budgets[rows]))
             still = int(running.sum())
@@ -286,9 +274,11 @@ class HFEngine:
                                 position_ids=next_pos[:, None], past_key_values=cache,
                                 use_cache=True).logits[:, -1]  # [b, V]
             next_pos = next_pos + 1
+        causes = ["stop" if s else "repetition" if r else None
+                  for s, r in zip(stopped.tolist(), repeated.tolist())]
         return [Completion(tokens[row, :n].tolist(), logprobs[row, :n].tolist(),
-                           self._finish_reason(request, params, bool(stopped[row]), bool(repeated[row])))
-                for row, (request, n) in enumerate(zip(requests, lengths.tolist()))]
+                           finish_reason(request, params, cause, n, self.max_positions))
+                for row, (request, n, cause) in enumerate(zip(requests, lengths.tolist(), causes))]
 
     def _prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
                  cache: Cache) -> torch.Tensor:
@@ -320,23 +310,14 @@ class HFEngine:
         return torch.cat(logits)
 
     @staticmethod
-    def _feed(detectors, live: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
-        """Feed each generating row's new token to its repetition detector; [r] fired or not."""
+    def _feed(detectors, live: torch.Tensor, tok: torch.Tensor, stops: list[int]) -> torch.Tensor:
+        """Feed each generating row's new token to its repetition detector; [r] whether the row
+        ends by repetition (`stop_cause`: not when the token is also a stop token)."""
         if detectors is None:
             return torch.zeros_like(tok, dtype=torch.bool)
-        fired = [detectors[row].feed(t) for row, t in zip(live.tolist(), tok.tolist())]
-        return torch.tensor(fired, dtype=torch.bool, device=tok.device)
-
-    @staticmethod
-    def _finish_reason(request: GenerationRequest, params: SamplingParams, stopped: bool,
-                       repeated: bool) -> str:
-        if stopped:
-            return "stop"
-        if repeated:
-            return "repetition"
-        if request.max_new_tokens is not None and request.max_new_tokens < params.max_new_tokens:
-            return "budget"
-        return "length"
+        ended = [stop_cause(t, stops, detectors[row]) == "repetition"
+                 for row, t in zip(live.tolist(), tok.tolist())]
+        return torch.tensor(ended, dtype=torch.bool, device=tok.device)
 
 
 def make_engine(config, model, tokenizer, seed: int = 0) -> InferenceEngine:

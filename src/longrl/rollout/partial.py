@@ -50,7 +50,8 @@ from collections.abc import Callable, Sequence
 
 from longrl.buffer import ReplayBuffer, start_version
 from longrl.config import PartialRolloutConfig
-from longrl.types import GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
+from longrl.rollout.contract import ends_response
+from longrl.types import FinishReason, GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
 
 
 def token_budget(config: PartialRolloutConfig, prompts_per_iter: int, k: int) -> int:
@@ -73,12 +74,14 @@ def plan(unfinished: Sequence[Trajectory], config: PartialRolloutConfig, budget:
     return continued, left, new_groups, new_cap
 
 
-def _finish_reason(reason: str, total: int, max_new_tokens: int) -> str | None:
-    if reason in ("stop", "repetition"):
+def _finish_reason(reason: FinishReason, total: int, max_new_tokens: int) -> FinishReason | None:
+    """Step 4: a segment's engine finish reason (`rollout/contract.py`) -> the trajectory's, None
+    while unfinished. Only `budget` leaves a response open, and only while its `total` tokens
+    are below `max_new_tokens` (the engine caps a continuation by what the response has left,
+    which it reports as `budget`)."""
+    if ends_response(reason):
         return reason
-    if total >= max_new_tokens or reason == "length":
-        return "length"
-    return None  # "budget": continue in a later iteration
+    return "length" if total >= max_new_tokens else None
 
 
 def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], buffer: ReplayBuffer,

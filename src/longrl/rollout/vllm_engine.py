@@ -4,7 +4,8 @@
 in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that weights pass from the trainer as tensors,
 with no serialisation, and the engine shares the device and memory with the trainer.
 
-What it promises, and how:
+What it promises, and how (the caps, stops and finish reasons of `rollout/contract.py`, as
+`HFEngine`):
 - Log-probs under the temperature-scaled distribution softmax(logits / T), the quantity the
   trainer recomputes (`longrl.models.token_logprobs`): vLLM's default reports log-probs of the raw
   logits, so the engine is built with `logprobs_mode="processed_logprobs"`. Greedy decoding
@@ -55,6 +56,8 @@ from pathlib import Path
 
 import torch
 
+from longrl.rollout.contract import (
+    finish_reason, primed_detector, request_budget, stop_cause, stop_token_ids)
 from longrl.types import Completion, GenerationRequest, SamplingParams
 
 
@@ -291,54 +294,40 @@ class VLLMEngine:
 
     # -- sampling -------------------------------------------------------------------------------
 
-    def _budget(self, request: GenerationRequest, params: SamplingParams) -> int:
-        context = len(request.prompt_ids) + len(request.prefix_ids)
-        budget = params.max_new_tokens if request.max_new_tokens is None else min(
-            request.max_new_tokens, params.max_new_tokens)
-        room = self.max_positions - context
-        if room <= 0:
-            raise ValueError(f"a request's context of {context} tokens does not fit the model's "
-                             f"{self.max_positions} positions")
-        return min(budget, room)
-
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
         from vllm import SamplingParams as VLLMSamplingParams
 
         from longrl.rollout.vllm_stop import EXTRA_KEY
 
-        # exactly HFEngine's stop set: the tokenizer's EOS and the given ids. `ignore_eos` keeps vLLM
-        # from adding its own (the generation config's extra EOS ids); stop_token_ids still stop.
-        stops = sorted({self.tokenizer.eos_token_id, *params.stop_token_ids})
+        # the contract's stop set: the tokenizer's EOS and the given ids. `ignore_eos` keeps vLLM from
+        # adding its own (the generation config's extra EOS ids); stop_token_ids still stop.
+        stops = stop_token_ids(self.tokenizer.eos_token_id, params)
         prompts = [{"prompt_token_ids": r.prompt_ids + r.prefix_ids} for r in requests]
         sampling = [VLLMSamplingParams(
             temperature=max(params.temperature, 0.0), top_p=params.top_p,
-            max_tokens=self._budget(r, params), stop_token_ids=stops, logprobs=0,
+            max_tokens=request_budget(r, params, self.max_positions), stop_token_ids=stops, logprobs=0,
             ignore_eos=True, detokenize=False, skip_special_tokens=False,
             extra_args=None if params.detector is None else {  # the in-engine repetition stop
                 EXTRA_KEY: (params.detector, r.prefix_ids, self.tokenizer.eos_token_id)})
             for r in requests]
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
-        return [self._completion(r, out.outputs[0], params) for r, out in zip(requests, outputs)]
+        return [self._completion(r, out.outputs[0], params, stops) for r, out in zip(requests, outputs)]
 
-    @staticmethod
-    def _completion(request: GenerationRequest, out, params: SamplingParams) -> Completion:
+    def _completion(self, request: GenerationRequest, out, params: SamplingParams,
+                    stops: list[int]) -> Completion:
+        """vLLM's output as a `Completion`: its tokens up to the first one that ends generation
+        under the contract (`stop_cause`), which cuts a repetition stop before the stop token the
+        logits processor forced after it."""
         tokens = list(out.token_ids)
         logprobs = [step[token].logprob for step, token in zip(out.logprobs, tokens)]
-        stopped = out.finish_reason == "stop"
-        if params.detector is not None:  # cut where it fired; drops the stop token forced after it
-            detector = params.detector()
-            detector.prime(request.prefix_ids)
-            for i, token in enumerate(tokens):
-                is_stop_token = stopped and i == len(tokens) - 1  # a stop token wins, as in HFEngine
-                if detector.feed(token) and not is_stop_token:
-                    return Completion(tokens[:i + 1], logprobs[:i + 1], "repetition")
-        if stopped:
-            reason = "stop"
-        elif request.max_new_tokens is not None and request.max_new_tokens < params.max_new_tokens:
-            reason = "budget"
-        else:
-            reason = "length"
-        return Completion(tokens, logprobs, reason)
+        detector = primed_detector(params.detector, request.prefix_ids)
+        cause = None
+        for n, token in enumerate(tokens, 1):
+            if (cause := stop_cause(token, stops, detector)) is not None:
+                tokens, logprobs = tokens[:n], logprobs[:n]
+                break
+        return Completion(tokens, logprobs,
+                          finish_reason(request, params, cause, len(tokens), self.max_positions))
 
     def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
               temperature: float = 1.0) -> list[list[float]]:

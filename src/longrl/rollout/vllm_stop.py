@@ -7,8 +7,9 @@ logits. `RepetitionStop` feeds each watched request's new tokens to its repetiti
 token, so vLLM samples it and finishes the request at once instead of running to its cap.
 
 The forced token is not the policy's: `VLLMEngine._completion` runs the same detector over the
-returned tokens and cuts the completion at the token where it fired, which drops the forced stop
-token, so the result (tokens, log-probs, finish reason `repetition`) is what `HFEngine` returns.
+returned tokens and cuts the completion at the token where it fired (`contract.stop_cause`),
+which drops the forced stop token, so the result (tokens, log-probs, finish reason `repetition`)
+is what `HFEngine` returns.
 A request opts in through `SamplingParams.extra_args[EXTRA_KEY] = (detector factory, earlier
 response tokens to prime it with, stop token id)`.
 
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+from longrl.rollout.contract import primed_detector
 
 EXTRA_KEY = "longrl_repetition"
 
@@ -52,9 +55,7 @@ class RepetitionStop(LogitsProcessor):
         if spec is None:
             return None
         factory, prefix_ids, stop_token = spec
-        detector = factory()
-        detector.prime(prefix_ids)
-        return _Watch(detector, output_ids, stop_token)
+        return _Watch(primed_detector(factory, prefix_ids), output_ids, stop_token)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         process_dict_updates(self.watches, batch_update, self._watch)
