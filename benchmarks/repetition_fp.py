@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs=2, default=(2, 3))
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
-    from longrl.data.worlds import build_char_tokenizer
+    from longrl.tiny import build_char_tokenizer
 
     config = RepetitionConfig(enabled=True)
     tokenizer = build_char_tokenizer()

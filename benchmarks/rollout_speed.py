@@ -56,7 +56,7 @@ def model_dir(name: str) -> Path:
 
         return smollm2_dir()
     from longrl.config import TinyModelConfig
-    from longrl.data.worlds import save_tiny_model
+    from longrl.tiny import save_tiny_model
 
     return save_tiny_model(TinyModelConfig(), tempfile.mkdtemp(prefix="longrl-bench-tiny-"))
 

@@ -32,7 +32,7 @@ def warmed_up_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from longrl.config import TinyModelConfig
-    from longrl.data.worlds import save_tiny_model
+    from longrl.tiny import save_tiny_model
 
     out = tmp_path_factory.mktemp("tiny")
     return save_tiny_model(TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128), out)

@@ -1,8 +1,9 @@
 """`longrl` command line: train | sft | eval | init | sandbox serve | testgen | merge | shortest-rs | dpo | report | curate.
 
 Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
-field with its type, default and meaning. User errors (config, data, missing model) print one
-clear line and exit with status 2 instead of a traceback.
+field with its type, default and meaning. A user error (any `LongrlError`: config, data, missing
+model, missing extra) prints one clear line and exits with status 2; `longrl --debug COMMAND ...`
+shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import argparse
 import json
 import sys
 
-from longrl.config import ConfigError, RunConfig, SFTConfig, TinyModelConfig, describe, load_config
-from longrl.data.sources import DataError
+from longrl.config import RunConfig, SFTConfig, TinyModelConfig, describe, load_config
+from longrl.errors import LongrlError
 
 
 def _config_parser(prog: str, cls: type, summary: str) -> argparse.ArgumentParser:
@@ -86,28 +87,28 @@ def cmd_sft(argv: list[str]) -> int:
 
 
 def cmd_eval(argv: list[str]) -> int:
+    from longrl.data.sources import load_sources
     from longrl.evaluate import evaluate
-    from longrl.loop import eval_prompt_set
     from longrl.models import load_policy
-    from longrl.rewards.registry import get_reward
+    from longrl.rewards.registry import build_rewards
     from longrl.rollout.engine import make_engine
 
-    parser = _config_parser("longrl eval", RunConfig,
-                            "Evaluate a model on the held-out split: pass@1 over n samples, pass@k, mean tokens.")
+    parser = _config_parser("longrl eval", RunConfig, "Evaluate a model on `data.eval`, scored by the `reward` "
+                            "section: pass@1 over n samples, pass@k, mean tokens.")
     parser.add_argument("--model", required=True, help="Hugging Face model directory to evaluate")
     args = parser.parse_intermixed_args(argv)
     path, overrides = _split_config_arg(args)
     config = load_config(RunConfig, path, overrides)
     model, tokenizer = load_policy(args.model, config.model.dtype)
     engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
-    rewards = {n: (get_reward(n), w) for n, w in zip(config.reward.names, config.reward.weights)}
-    metrics = evaluate(engine, tokenizer, eval_prompt_set(config), rewards, config.eval)
+    prompts = load_sources(config.data.eval, config.data.on_error, config.world)
+    metrics = evaluate(engine, tokenizer, prompts, build_rewards(config.reward), config.eval)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_init(argv: list[str]) -> int:
-    from longrl.data.worlds import save_tiny_model
+    from longrl.tiny import save_tiny_model
 
     parser = _config_parser("longrl init", TinyModelConfig,
                             "Build the character tokenizer and a tiny random model as a HF model directory.")
@@ -146,7 +147,7 @@ def cmd_testgen(argv: list[str]) -> int:
 
 
 def cmd_merge(argv: list[str]) -> int:
-    from longrl.long2short import MergeError, merge_checkpoints
+    from longrl.long2short import merge_checkpoints
 
     parser = argparse.ArgumentParser(
         prog="longrl merge", description="Weighted average of Hugging Face checkpoints (long2short, SPEC §7).")
@@ -154,11 +155,7 @@ def cmd_merge(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="directory to write the merged model to")
     parser.add_argument("--weights", type=float, nargs="+", help="one weight per checkpoint (normalised; default equal)")
     args = parser.parse_args(argv)
-    try:
-        out = merge_checkpoints(args.checkpoints, args.out, args.weights)
-    except MergeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = merge_checkpoints(args.checkpoints, args.out, args.weights)
     print(f"merged model written to {out}")
     return 0
 
@@ -212,14 +209,14 @@ def cmd_report(argv: list[str]) -> int:
         if not sep or not name or not directory:
             parser.error(f"--model {item!r} must look like NAME=DIR")
         checkpoints[name] = directory
-    from longrl.data.worlds import World
+    from longrl.data.sources import load_sources
     from longrl.evaluate import token_efficiency
-    from longrl.rewards.registry import get_reward
+    from longrl.rewards.registry import build_rewards
 
     path, overrides = _split_config_arg(args)
     config = load_config(RunConfig, path, overrides)
-    rewards = {n: (get_reward(n), w) for n, w in zip(config.reward.names, config.reward.weights)}
-    rows = token_efficiency(checkpoints, World(config.world).eval_prompts(), rewards, config.eval,
+    prompts = load_sources(config.data.eval, config.data.on_error, config.world)
+    rows = token_efficiency(checkpoints, prompts, build_rewards(config.reward), config.eval,
                             seed=config.seed, dtype=config.model.dtype)
     paths = report.write_efficiency_report(rows, args.out)
     print(report.efficiency_table(rows), end="")
@@ -229,17 +226,13 @@ def cmd_report(argv: list[str]) -> int:
 
 def cmd_curate(argv: list[str]) -> int:
     from longrl.config import CurateConfig
-    from longrl.data.curate import CurateError, run_curate
+    from longrl.data.curate import run_curate
 
     config, show_progress = _load_job(argv, "longrl curate", CurateConfig,
                                       "Curate an RL prompt set (SPEC §1): dedupe, decontaminate, drop "
                                       "guessable and easy-to-hack prompts, label difficulty by pass rate, "
                                       "balance tags.", progress_help="hide the progress bars")
-    try:
-        out, report = run_curate(config, show_progress=show_progress)
-    except CurateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out, report = run_curate(config, show_progress=show_progress)
     reasons = ", ".join(f"{r} {e['count']}" for r, e in report["dropped"]["by_reason"].items()) or "none"
     buckets = ", ".join(f"{b} {n}" for b, n in report["output"]["buckets"].items()) or "none"
     print(f"{report['loaded']} prompts loaded, {report['curated']} kept; dropped: {reasons}")
@@ -254,15 +247,20 @@ COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_in
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv[:1]
+    argv = argv[1:] if debug else argv
     _quiet_libraries()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: longrl {" + ",".join(COMMANDS) + "} [CONFIG] [section.key=value ...]\n"
-              "       longrl COMMAND --help   lists every config field")
+        print("usage: longrl [--debug] {" + ",".join(COMMANDS) + "} [CONFIG] [section.key=value ...]\n"
+              "       longrl COMMAND --help   lists every config field\n"
+              "       --debug                 show the traceback of a user error")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         return COMMANDS[argv[0]](argv[1:])
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except LongrlError as exc:
+        if debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

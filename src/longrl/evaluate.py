@@ -8,16 +8,15 @@ checkpoints on the same prompts and seed, for the accuracy-vs-tokens comparison 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import comb
 from pathlib import Path
 
 from longrl.config import EvalConfig
-from longrl.models import encode_prompt
-from longrl.rewards.registry import Reward, score_batch
-from longrl.types import GenerationRequest, Prompt, SamplingParams
+from longrl.rewards.score import Rewards, score
+from longrl.rollout.sample import sample
+from longrl.types import Prompt, SamplingParams
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -29,8 +28,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def evaluate(engine, tokenizer, prompts: Sequence[Prompt], rewards: dict[str, tuple[Reward, float]],
-             config: EvalConfig, correct_threshold: float = 1.0) -> dict[str, float]:
+def evaluate(engine, tokenizer, prompts: Sequence[Prompt], rewards: Rewards, config: EvalConfig,
+             correct_threshold: float = 1.0) -> dict[str, float]:
     """Sample `config.n_samples` responses per prompt and score them; flat `eval/...` metrics.
 
     A response counts as correct when its total reward reaches `correct_threshold`.
@@ -39,23 +38,16 @@ def evaluate(engine, tokenizer, prompts: Sequence[Prompt], rewards: dict[str, tu
     n = config.n_samples
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    requests = [GenerationRequest(ids) for ids in prompt_ids for _ in range(n)]
-    start = time.perf_counter()
-    completions = engine.generate(requests, params)
-    elapsed = time.perf_counter() - start
-    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-    repeated = [p for p in prompts for _ in range(n)]
-    results = score_batch(rewards, repeated, texts)
-    correct = [r.score >= correct_threshold for r in results]
-    tokens = sum(len(c.token_ids) for c in completions)
+    trajectories, rollout = sample(engine, tokenizer, prompts, n, params)
+    score(trajectories, rewards)
+    correct = [t.reward >= correct_threshold for t in trajectories]
     metrics = {
         "eval/pass@1": sum(correct) / max(len(correct), 1),
-        "eval/mean_tokens": tokens / max(len(completions), 1),
-        "eval/truncated": sum(c.finish_reason != "stop" for c in completions) / max(len(completions), 1),
+        "eval/mean_tokens": rollout["rollout/mean_tokens"],
+        "eval/truncated": rollout["rollout/truncated"],
         "eval/prompts": float(len(prompts)),
         "eval/samples_per_prompt": float(n),
-        "perf/eval_tokens_per_s": tokens / max(elapsed, 1e-9),
+        "perf/eval_tokens_per_s": rollout["perf/rollout_tokens_per_s"],
     }
     for k in config.pass_k:
         if k > 1:
@@ -74,7 +66,7 @@ class EfficiencyRow:
 
 
 def token_efficiency(checkpoints: Mapping[str, str | Path], prompts: Sequence[Prompt],
-                     rewards: dict[str, tuple[Reward, float]], config: EvalConfig, seed: int = 0,
+                     rewards: Rewards, config: EvalConfig, seed: int = 0,
                      dtype: str = "float32", batch_size: int = 256) -> list[EfficiencyRow]:
     """pass@1 and mean response tokens of each named checkpoint on the same prompts and seed."""
     from longrl.models import load_policy

@@ -6,7 +6,7 @@ Four methods, all starting from a long-CoT model (and, for merging, a short-CoT 
   short model). Checkpoints must share architecture, tensor names, shapes and dtypes; the merge
   keeps each tensor's dtype and copies the first checkpoint's config and tokenizer.
 - **Shortest rejection sampling**: sample n = 8 responses per training prompt, keep the shortest
-  correct one, SFT on the kept (prompt, response) rows (`sft.py`, `data_file`).
+  correct one, SFT on the kept (prompt, response) rows (`sft.py`, a `jsonl:` source).
 - **DPO**: from the same n samples, positive y+ = the shortest correct response; negatives y- =
   every wrong response longer than y+, and every correct response longer than 1.5 × |y+|. Loss,
   with log π summed over response tokens and π_ref the frozen start model:
@@ -29,6 +29,7 @@ Shape legend: B packed rows, T tokens per row, N sequences, P preference pairs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -40,17 +41,19 @@ import torch
 import torch.nn.functional as F
 
 from longrl.config import DPOConfig, L2SSampleConfig, SFTConfig, ShortestRSConfig, dump_toml
-from longrl.data.sources import DataError, read_jsonl
-from longrl.data.worlds import World
+from longrl.data.sources import DataError, load_sources, read_jsonl
+from longrl.errors import LongrlError
 from longrl.evaluate import evaluate
 from longrl.models import check_model_dir, encode_prompt, load_policy, token_logprobs
-from longrl.rewards.registry import get_reward
+from longrl.rewards.registry import build_rewards
+from longrl.rewards.score import Rewards, score
 from longrl.rollout.engine import HFEngine
+from longrl.rollout.sample import sample
 from longrl.trainer import pack
-from longrl.types import GenerationRequest, Prompt, SamplingParams
+from longrl.types import Prompt, SamplingParams
 
 
-class MergeError(ValueError):
+class MergeError(LongrlError, ValueError):
     """Checkpoints that cannot be averaged; the message names the first mismatch."""
 
 
@@ -201,23 +204,23 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
 # ----------------------------------------------------------------------------------------------
 
 
-def sample_groups(engine, tokenizer, prompts: Sequence[Prompt], config: L2SSampleConfig) -> list[dict]:
-    """`config.n` scored responses per prompt, one JSON-ready row per prompt."""
+def sample_groups(engine, tokenizer, prompts: Sequence[Prompt], rewards: Rewards,
+                  config: L2SSampleConfig) -> list[dict]:
+    """`config.n` scored responses per prompt, one JSON-ready row per prompt.
+
+    A row's `prompt` is the prompt's chat messages when it has them, else its text.
+    """
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-    requests = [GenerationRequest(encode_prompt(tokenizer, p.text)) for p in prompts for _ in range(config.n)]
-    completions = engine.generate(requests, params)
-    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
-    scores = get_reward("world")([p for p in prompts for _ in range(config.n)], texts)
+    trajectories, _ = sample(engine, tokenizer, prompts, config.n, params)
+    score(trajectories, rewards)
     rows = []
     for i, prompt in enumerate(prompts):
-        responses = []
-        for j in range(i * config.n, (i + 1) * config.n):
-            c = completions[j]
-            responses.append({"text": texts[j], "token_ids": c.token_ids, "tokens": len(c.token_ids),
-                              "finish_reason": c.finish_reason,
-                              "correct": scores[j].score >= 1.0 and c.finish_reason == "stop"})
-        rows.append({"id": prompt.id, "prompt": prompt.text, "answer": prompt.answer, "responses": responses})
+        responses = [{"text": t.text, "token_ids": t.response_ids, "tokens": t.num_response_tokens,
+                      "finish_reason": t.finish_reason, "correct": t.reward >= 1.0 and t.finish_reason == "stop"}
+                     for t in trajectories[i * config.n:(i + 1) * config.n]]
+        rows.append({"id": prompt.id, "prompt": prompt.messages or prompt.text, "answer": prompt.answer,
+                     "responses": responses})
     return rows
 
 
@@ -237,12 +240,14 @@ def load_groups(path: str | Path) -> list[dict]:
 
 
 def _groups_for(config: ShortestRSConfig | DPOConfig, model, tokenizer, run_dir: Path) -> list[dict]:
-    """Sample anew (and save `samples.jsonl`), or reuse `sample.samples_file`."""
+    """Sample `sample.num_prompts` prompts of `data.train` anew (saved as `samples.jsonl`), or
+    reuse `sample.samples_file`."""
     if config.sample.samples_file:
         return load_groups(config.sample.samples_file)
-    prompts = World(config.world).train_prompts(config.sample.num_prompts, seed_offset=1)
+    pool = load_sources(config.data.train, config.data.on_error, config.world)
+    prompts = random.Random(config.seed).sample(pool, min(config.sample.num_prompts, len(pool)))
     engine = HFEngine(model, tokenizer, batch_size=config.sample.batch_size, seed=config.seed)
-    rows = sample_groups(engine, tokenizer, prompts, config.sample)
+    rows = sample_groups(engine, tokenizer, prompts, build_rewards(config.reward), config.sample)
     with (run_dir / "samples.jsonl").open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
@@ -260,8 +265,8 @@ def _sample_metrics(groups: list[dict]) -> dict[str, float]:
 def _evaluate_and_save(model, tokenizer, config, run_dir: Path, extra: dict[str, float]) -> dict[str, float]:
     model.eval()
     engine = HFEngine(model, tokenizer, batch_size=256, seed=config.seed)
-    metrics = evaluate(engine, tokenizer, World(config.world).eval_prompts(),
-                       {"world": (get_reward("world"), 1.0)}, config.eval)
+    eval_prompts = load_sources(config.data.eval, config.data.on_error, config.world)
+    metrics = evaluate(engine, tokenizer, eval_prompts, build_rewards(config.reward), config.eval)
     model.save_pretrained(run_dir / "final")
     tokenizer.save_pretrained(run_dir / "final")
     metrics = extra | metrics
@@ -275,13 +280,18 @@ def _evaluate_and_save(model, tokenizer, config, run_dir: Path, extra: dict[str,
 
 
 def shortest_rows(groups: list[dict]) -> list[dict]:
-    """One {prompt, response} SFT row per prompt that has a correct sample: the shortest one."""
+    """One SFT row per prompt that has a correct sample, the shortest: {prompt, response} for a
+    text prompt, {messages} for a chat prompt (the answer appended as the assistant's message)."""
     rows = []
     for g in groups:
         best = shortest_correct([r["tokens"] for r in g["responses"]], [r["correct"] for r in g["responses"]])
         if best is not None:
-            chosen = g["responses"][best]
-            rows.append({"prompt": g["prompt"], "response": chosen["text"], "tokens": chosen["tokens"]})
+            chosen, prompt = g["responses"][best], g["prompt"]
+            if isinstance(prompt, list):
+                row = {"messages": [*prompt, {"role": "assistant", "content": chosen["text"]}]}
+            else:
+                row = {"prompt": prompt, "response": chosen["text"]}
+            rows.append(row | {"tokens": chosen["tokens"]})
     return rows
 
 
@@ -305,8 +315,9 @@ def run_shortest_rs(config: ShortestRSConfig, show_progress: bool = True) -> dic
     del model
     sft = SFTConfig(name=config.name, out_dir=config.out_dir, seed=config.seed, threads=config.threads,
                     steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
-                    rows_per_step=config.rows_per_step, row_tokens=config.row_tokens,
-                    data_file=str(data_file), model=config.model, world=config.world, eval=config.eval)
+                    rows_per_step=config.rows_per_step, row_tokens=config.row_tokens, model=config.model,
+                    world=config.world, data=dataclasses.replace(config.data, train=[f"jsonl:{data_file}"]),
+                    reward=config.reward, eval=config.eval)
     metrics = run_sft(sft, show_progress=show_progress)
     kept = {"rs/kept": float(len(rows)), "rs/kept_mean_tokens": sum(r["tokens"] for r in rows) / len(rows)}
     metrics = _sample_metrics(groups) | kept | metrics

@@ -22,73 +22,27 @@ import torch
 
 from longrl.buffer import ReplayBuffer
 from longrl.config import RunConfig, dump_toml, load_config
-from longrl.data.sources import load_prompts, load_sources
-from longrl.data.worlds import World
+from longrl.data.sources import load_sources
+from longrl.errors import LongrlError
 from longrl.evaluate import evaluate
 from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
 from longrl.models import encode_prompt, load_policy
 from longrl.rewards.length import add_length_reward, length_weight
-from longrl.rewards.registry import get_reward, score_batch
+from longrl.rewards.registry import build_rewards
+from longrl.rewards.score import score
 from longrl.rollout.engine import InferenceEngine, make_engine
 from longrl.rollout.partial import partial_rollout, prepare_loss
 from longrl.rollout.repetition import apply_penalty, detector_factory
+from longrl.rollout.sample import sample
 from longrl.sampler import Sampler, make_sampler
 from longrl.trainer import Trainer
-from longrl.types import GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
+from longrl.types import Prompt, SamplingParams, Trajectory
 from longrl.weight_sync import WeightSync
 
 
 # ----------------------------------------------------------------------------------------------
-# Stages
+# Stages (rollout: `rollout/sample.py`, `rollout/partial.py`; rewards: `rewards/score.py`)
 # ----------------------------------------------------------------------------------------------
-
-
-def rollout(engine, tokenizer, prompts: list[Prompt], k: int, params: SamplingParams,
-            version: int) -> tuple[list[Trajectory], dict[str, float]]:
-    """k trajectories per prompt, each one segment sampled by policy `version`."""
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-    requests = [GenerationRequest(ids) for ids in prompt_ids for _ in range(k)]
-    start = time.perf_counter()
-    completions = engine.generate(requests, params)
-    elapsed = time.perf_counter() - start
-    trajectories = []
-    for i, completion in enumerate(completions):
-        p = i // k
-        trajectories.append(Trajectory(
-            prompt=prompts[p], sample_index=i % k, prompt_ids=prompt_ids[p],
-            segments=[Segment(completion.token_ids, completion.logprobs, version)],
-            finish_reason=completion.finish_reason,
-            text=tokenizer.decode(completion.token_ids, skip_special_tokens=True)))
-    tokens = sum(t.num_response_tokens for t in trajectories)
-    return trajectories, {
-        "rollout/trajectories": float(len(trajectories)),
-        "rollout/mean_tokens": tokens / max(len(trajectories), 1),
-        "rollout/max_tokens": float(max((t.num_response_tokens for t in trajectories), default=0)),
-        "rollout/truncated": sum(t.finish_reason != "stop" for t in trajectories) / max(len(trajectories), 1),
-        # mean negative log-prob of sampled tokens: a sample estimate of the policy's entropy
-        "rollout/token_nll": -sum(sum(t.response_logprobs) for t in trajectories) / max(tokens, 1),
-        "perf/rollout_s": elapsed,
-        "perf/rollout_tokens_per_s": tokens / max(elapsed, 1e-9),
-    }
-
-
-def score(trajectories: list[Trajectory], rewards) -> dict[str, float]:
-    """Fill each trajectory's reward; a failing reward is a recorded zero (registry)."""
-    results = score_batch(rewards, [t.prompt for t in trajectories], [t.text for t in trajectories])
-    for t, r in zip(trajectories, results):
-        t.reward, t.reward_info = r.score, r.info
-    values = [t.reward for t in trajectories]
-    n = max(len(values), 1)
-    groups: dict[str, list[float]] = {}
-    for t in trajectories:
-        groups.setdefault(t.group_key, []).append(t.reward)
-    return {
-        "reward/mean": sum(values) / n,
-        "reward/accuracy": sum(v >= 1.0 for v in values) / n,
-        "reward/errors": float(sum(any(k.endswith("/error") for k in t.reward_info) for t in trajectories)),
-        # groups where all k samples agree give zero advantage: no learning signal
-        "reward/uniform_groups": sum(len(set(g)) == 1 for g in groups.values()) / max(len(groups), 1),
-    }
 
 
 def write_samples(run_dir: Path, iteration: int, trajectories: list[Trajectory], count: int) -> None:
@@ -129,23 +83,11 @@ class Run:
     iteration: int = 0
 
 
-def _prompt_pool(config: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
-    """(train, eval) prompts: the `data` sources when given, else the tiny world's."""
-    data, world = config.data, World(config.world)
-    if data.train:
-        train = load_sources(data.train, data.on_error)
-    elif config.world.train_file:
-        train = load_prompts(config.world.train_file, data.on_error)
-    else:
-        train = world.train_prompts(config.world.train_size)
-    return train, eval_prompt_set(config)
-
-
-def eval_prompt_set(config: RunConfig) -> list[Prompt]:
-    """The held-out prompts: the `data.eval` sources when given, else the tiny world's split."""
-    if config.data.eval:
-        return load_sources(config.data.eval, config.data.on_error)
-    return World(config.world).eval_prompts()
+def prompt_sets(config: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
+    """(train, eval) prompts of the `data` sources; the `world` source follows the [world] section."""
+    data = config.data
+    return (load_sources(data.train, data.on_error, config.world),
+            load_sources(data.eval, data.on_error, config.world))
 
 
 def setup(config: RunConfig, model_path: str | None = None) -> Run:
@@ -158,8 +100,8 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)  # its own copy of the weights
     trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
                       temperature=config.rollout.temperature, seed=config.seed)
-    train_pool, eval_prompts = _prompt_pool(config)
-    rewards = {name: (get_reward(name), weight) for name, weight in zip(config.reward.names, config.reward.weights)}
+    train_pool, eval_prompts = prompt_sets(config)
+    rewards = build_rewards(config.reward)
     sync = WeightSync(model, engine, tokenizer, tolerance=config.rollout.sync_check_tolerance)
     return Run(config, run_dir, tokenizer, trainer, engine, make_sampler(config.sampler, train_pool, config.seed),
                ReplayBuffer(config.partial.max_unfinished), rewards, eval_prompts, sync)
@@ -195,7 +137,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     config = load_config(RunConfig, run_dir / "config.toml", overrides)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from in checkpoints/")
+        raise LongrlError(f"{run_dir}: no checkpoint to resume from in checkpoints/")
     run = setup(config, model_path=str(checkpoint))
     run.dir = run_dir
     state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
@@ -226,7 +168,7 @@ def iteration(run: Run) -> dict[str, float]:
             run.sampler.sample, c.partial, c.rollout.prompts_per_iter, k, params, version=run.iteration)
     else:
         prompts = run.sampler.sample(c.rollout.prompts_per_iter)
-        trajectories, metrics = rollout(run.engine, run.tokenizer, prompts, k, params, version=run.iteration)
+        trajectories, metrics = sample(run.engine, run.tokenizer, prompts, k, params, version=run.iteration)
     metrics |= score(trajectories, run.rewards)
     metrics |= run.sampler.update(trajectories)  # success rates from the task reward, before shaping
     weight = length_weight(run.iteration, c.reward.length_weight, c.reward.length_warmup)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from longrl.errors import ModelError
 from longrl.types import Prompt
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -22,11 +23,11 @@ def check_model_dir(path: str | Path) -> Path:
     """Raise a clear error unless `path` is a Hugging Face model directory."""
     path = Path(path)
     if not str(path):
-        raise FileNotFoundError("no model given: set model.path to a Hugging Face model directory")
+        raise ModelError("no model given: set model.path to a Hugging Face model directory")
     if not path.is_dir():
-        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
+        raise ModelError(f"model directory {str(path)!r} does not exist")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model directory: no config.json")
+        raise ModelError(f"{str(path)!r} is not a Hugging Face model directory: no config.json")
     return path
 
 
@@ -51,7 +52,7 @@ def load_policy(path: str | Path, dtype: str = "float32"):
     tokenizer, model = load_tokenizer(path), load_model(path, dtype)
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
-        raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+        raise ModelError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
                          f"{rows}; the tokenizer does not belong to this model")
     return model, tokenizer
 

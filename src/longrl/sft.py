@@ -4,10 +4,13 @@ Each example is the chat-formatted prompt followed by its trace and the end toke
 are masked from the loss, and several examples are packed into one row (their positions restart
 so attention stays inside each example). The loss is the mean token cross-entropy over trace
 tokens; the learning rate warms up linearly and decays with a cosine to a tenth of its peak.
-The world's traces are verified by construction (they are computed, not sampled). With
-`world.direct_fraction` > 0 some examples answer directly, with no chain of thought. With
-`data_file` the examples are instead the `prompt`/`response` rows of a JSONL file (for instance the
-shortest correct samples that `longrl shortest-rs` keeps, SPEC §7).
+Examples come from the `data.train` sources:
+- `world`: the tiny world's traces, verified by construction (computed, not sampled); with
+  `world.direct_fraction` > 0 some examples answer directly, with no chain of thought;
+- `jsonl:PATH` (or a `.jsonl` path): rows with string fields `prompt` and `response`, or a chat
+  `messages` list whose last message is the assistant's answer (for instance the shortest
+  correct samples that `longrl shortest-rs` keeps, SPEC §7).
+The model is evaluated on `data.eval`, scored by the `reward` section.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from pathlib import Path
 import torch
 
 from longrl.config import SFTConfig, dump_toml
-from longrl.data.sources import DataError, read_jsonl
-from longrl.data.worlds import World, build_char_tokenizer, build_tiny_model
+from longrl.data.sources import DataError, load_sources, parse_spec, read_jsonl
 from longrl.evaluate import evaluate
 from longrl.models import encode_prompt, load_model, load_tokenizer, token_logprobs
-from longrl.rewards.registry import get_reward
+from longrl.rewards.registry import build_rewards
 from longrl.rollout.engine import HFEngine
+from longrl.tiny import build_char_tokenizer, build_tiny_model
 from longrl.trainer import pack
 from longrl.types import Prompt
 
@@ -39,20 +42,29 @@ def sft_example(tokenizer, prompt: Prompt, direct: bool = False) -> tuple[list[i
     return text_example(tokenizer, prompt.text, prompt.meta["direct" if direct else "trace"])
 
 
-def load_sft_rows(path: str | Path) -> list[tuple[str, str]]:
-    """(prompt, response) pairs of a JSONL file with string fields `prompt` and `response`."""
+def load_sft_rows(path: str | Path) -> list[tuple[str | list[dict], str]]:
+    """(prompt, response) pairs of a JSONL file: `prompt`/`response` strings, or chat `messages`
+    ending with the assistant's answer (the prompt is then the messages before it)."""
     rows = []
     for where, row in read_jsonl(path, "SFT data file"):
+        if "messages" in row:
+            messages = row["messages"]
+            if (not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages)
+                    or messages[-1].get("role") != "assistant" or not isinstance(messages[-1].get("content"), str)):
+                raise DataError(f"{path}, {where}: field 'messages' must be a list of {{role, content}} "
+                                "messages ending with the assistant's answer")
+            rows.append((messages[:-1], messages[-1]["content"]))
+            continue
         for name in ("prompt", "response"):
             if not isinstance(row.get(name), str):
-                raise DataError(f"{path}, {where}: field {name!r} must be a string")
+                raise DataError(f"{path}, {where}: field {name!r} must be a string (or give `messages`)")
         rows.append((row["prompt"], row["response"]))
     if not rows:
         raise DataError(f"{path}: no rows to train on")
     return rows
 
 
-def text_example(tokenizer, prompt: str, response: str) -> tuple[list[int], list[float]]:
+def text_example(tokenizer, prompt: str | list[dict], response: str) -> tuple[list[int], list[float]]:
     """(token ids, loss mask) of a chat-formatted prompt + response + end token; the mask is 1 on the response."""
     prompt_ids = encode_prompt(tokenizer, prompt)
     response_ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
@@ -79,13 +91,22 @@ def _initial_model(config: SFTConfig):
     return build_tiny_model(config.tiny, tokenizer, seed=config.seed), tokenizer
 
 
-def example_source(config: SFTConfig, tokenizer, world: World, rng: random.Random):
-    """A function drawing one random (ids, mask) training example: a `data_file` row or a world trace."""
-    if config.data_file:
-        rows = load_sft_rows(config.data_file)
-        return lambda: text_example(tokenizer, *rng.choice(rows))
-    pool = world.train_prompts(config.world.train_size)
-    return lambda: sft_example(tokenizer, rng.choice(pool), rng.random() < config.world.direct_fraction)
+def example_source(config: SFTConfig, tokenizer, rng: random.Random):
+    """A function drawing one random (ids, mask) example from the `data.train` sources."""
+    draws = []
+    for spec in config.data.train:
+        parsed = parse_spec(spec)
+        if parsed.kind == "world":
+            pool = load_sources([spec], config.data.on_error, config.world)
+            draws.append(lambda pool=pool: sft_example(tokenizer, rng.choice(pool),
+                                                       rng.random() < config.world.direct_fraction))
+        elif parsed.kind == "jsonl":
+            rows = load_sft_rows(parsed.target)
+            draws.append(lambda rows=rows: text_example(tokenizer, *rng.choice(rows)))
+        else:
+            raise DataError(f"data.train source {spec!r}: SFT needs responses; give `world` or a JSONL "
+                            "file of prompt/response (or messages) rows")
+    return draws[0] if len(draws) == 1 else lambda: rng.choice(draws)()
 
 
 def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
@@ -99,8 +120,9 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(dump_toml(config))
     model, tokenizer = _initial_model(config)
-    world = World(config.world)
-    draw = example_source(config, tokenizer, world, random.Random(config.seed))
+    draw = example_source(config, tokenizer, random.Random(config.seed))
+    eval_prompts = load_sources(config.data.eval, config.data.on_error, config.world)
+    rewards = build_rewards(config.reward)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     log = (run_dir / "metrics.jsonl").open("w")
     bar = tqdm(range(config.steps), desc="sft", disable=not show_progress, dynamic_ncols=True)
@@ -131,7 +153,7 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     log.close()
     model.eval()
     engine = HFEngine(model, tokenizer, batch_size=256, seed=config.seed)
-    metrics = evaluate(engine, tokenizer, world.eval_prompts(), {"world": (get_reward("world"), 1.0)}, config.eval)
+    metrics = evaluate(engine, tokenizer, eval_prompts, rewards, config.eval)
     final = run_dir / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)

@@ -15,7 +15,7 @@ if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed: run scripts/setup_vllm.sh", allow_module_level=True)
 
 from longrl.config import RolloutConfig, TinyModelConfig
-from longrl.data.worlds import save_tiny_model
+from longrl.tiny import save_tiny_model
 from longrl.models import encode_prompt, load_policy, token_logprobs
 from longrl.rollout.engine import HFEngine, make_engine
 from longrl.rollout.vllm_engine import VLLMEngine

@@ -149,7 +149,7 @@ def test_reward_router_order():
     assert route(P("1", "q", source="reasoning_gym:leg_counting")) == "reasoning_gym"  # source family
     assert route(P("2", "q", source="file.jsonl", tags=["x", "math"])) == "math"  # a tag
     assert route(P("3", "q", source="world", meta={"reward": "code"})) == "code"  # the loader's choice
-    with pytest.raises(CurateError, match=r"prompt 'u' \(source 'mystery'.*curate.reward_rules"):
+    with pytest.raises(CurateError, match=r"prompt 'u' \(source 'mystery'.*judge.rules"):
         route(P("u", "q", source="mystery"))
     assert RewardRouter([], default="math")(P("u", "q", source="mystery")) == "math"
 
@@ -177,7 +177,7 @@ class ScriptedEngine:
 
 @pytest.fixture(scope="module")
 def char_tokenizer():
-    from longrl.data.worlds import build_char_tokenizer
+    from longrl.tiny import build_char_tokenizer
 
     return build_char_tokenizer()
 
@@ -224,8 +224,9 @@ def test_easy_to_hack_forces_an_immediate_answer(char_tokenizer):
                           formats={"world": "A: {guess}"}, max_new_tokens=6)
     assert [p.id for p in result.kept] == ["b", "c"]
     assert result.dropped[0].detail == "1/8 guesses correct, e.g. 'A: 42'"
-    assert engine.asked[0] == ("21+21 =?", "A: ") and engine.params[0].max_new_tokens == 6
-    assert ("Think first.31+31 =?", "A: ") in engine.asked  # the system message stays, the user turn is wrapped
+    # the forced start ends the context the guess is sampled from
+    assert engine.asked[0] == ("21+21 =?A: ", "") and engine.params[0].max_new_tokens == 6
+    assert ("Think first.31+31 =?A: ", "") in engine.asked  # the system message stays, the user turn is wrapped
     assert len(engine.asked) == 3 * 8
 
 
@@ -305,10 +306,14 @@ def test_curated_rows_load_back(tmp_path):
 def test_config_errors_name_the_fix():
     with pytest.raises(ConfigError, match="unknown step 'passrate'; did you mean 'pass_rate'"):
         load_config(CurateConfig, None, ["steps=['passrate']"])
-    with pytest.raises(ConfigError, match="hack_template must contain"):
-        load_config(CurateConfig, None, ["hack_template='Answer now'"])
-    with pytest.raises(ConfigError, match="target_shares: entry 'math' must look like KEY=VALUE"):
-        load_config(CurateConfig, None, ["target_shares=['math']"])
+    with pytest.raises(ConfigError, match="hack.template must contain"):
+        load_config(CurateConfig, None, ["hack.template='Answer now'"])
+    with pytest.raises(ConfigError, match="balance.target_shares: entry 'math' must look like KEY=VALUE"):
+        load_config(CurateConfig, None, ["balance.target_shares=['math']"])
+    with pytest.raises(ConfigError, match=r"'hack_template': unknown key"):
+        load_config(CurateConfig, None, ["hack_template='{question}'"])  # the flat names of old
+    with pytest.raises(ConfigError, match=r"'reward.math.timeout': unknown option of reward 'math'"):
+        load_config(CurateConfig, None, ["reward.math.timeout=5"])
 
 
 def test_curate_command_on_the_tiny_world(tmp_path, tiny_model_dir, capsys):
@@ -324,9 +329,9 @@ def test_curate_command_on_the_tiny_world(tmp_path, tiny_model_dir, capsys):
         {"id": "leak", "text": held_out[0].text, "answer": held_out[0].answer, "source": "world"},
         {"id": "yn", "text": "Is 12+30 even?", "answer": "yes", "source": "world"}]) + "\n")
     code = main(["curate", "--no-progress", f"out_dir={tmp_path}", "name=c", f"model.path={tiny_model_dir}",
-                 f"sources=['world?size=30', 'jsonl:{extra}']", "eval_sources=['world?split=eval']",
-                 "n_samples=2", "guesses=2", "hack_template='{question}'", "rollout.max_new_tokens=12",
-                 "hack_max_new_tokens=4", "balance_tag_prefix=task:", "max_per_tag=10", "threads=1"])
+                 f"data.train=['world?size=30', 'jsonl:{extra}']", "data.eval=['world?split=eval']",
+                 "pass_rate.n_samples=2", "hack.guesses=2", "hack.template='{question}'", "rollout.max_new_tokens=12",
+                 "hack.max_new_tokens=4", "balance.tag_prefix=task:", "balance.max_per_tag=10", "threads=1"])
     assert code == 0
     out = tmp_path / "c"
     report = json.loads((out / "report.json").read_text())
@@ -347,7 +352,7 @@ def test_curate_command_on_the_tiny_world(tmp_path, tiny_model_dir, capsys):
 def test_curate_command_without_a_model(tmp_path, capsys):
     from longrl.cli import main
 
-    assert main(["curate", "--no-progress", f"out_dir={tmp_path}", "sources=['world?size=5']"]) == 2
+    assert main(["curate", "--no-progress", f"out_dir={tmp_path}", "data.train=['world?size=5']"]) == 2
     assert "sample from a model: set model.path" in capsys.readouterr().err
 
 
@@ -357,7 +362,7 @@ def test_an_id_shared_by_two_different_prompts_is_an_error(tmp_path, capsys):
     for name, text in (("a", "1+1"), ("b", "2+2")):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps({"id": "q1", "text": text, "answer": "2"}) + "\n")
     argv = ["curate", "--no-progress", f"out_dir={tmp_path}", "steps=['exact_dedupe']",
-            f"sources=['jsonl:{tmp_path / 'a.jsonl'}', 'jsonl:{tmp_path / 'b.jsonl'}']"]
+            f"data.train=['jsonl:{tmp_path / 'a.jsonl'}', 'jsonl:{tmp_path / 'b.jsonl'}']"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "prompt id 'q1' is used by two prompts" in err and "b.jsonl" in err
@@ -368,4 +373,4 @@ def test_shipped_configs_load(name):
     from pathlib import Path
 
     config = load_config(CurateConfig, Path(__file__).parents[2] / "configs" / f"{name}.toml")
-    assert config.sources and config.n_samples == 10 and config.guesses == 8
+    assert config.data.train and config.pass_rate.n_samples == 10 and config.hack.guesses == 8

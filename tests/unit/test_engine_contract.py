@@ -8,7 +8,7 @@ from longrl.rollout.contract import (
     ends_response, finish_reason, logprob_temperature, primed_detector, request_budget, stop_cause,
     stop_token_ids)
 from longrl.rollout.engine import HFEngine
-from longrl.rollout.partial import _finish_reason as trajectory_finish_reason
+from longrl.rollout.sample import segment_finish as trajectory_finish_reason
 from longrl.types import GenerationRequest, SamplingParams
 
 

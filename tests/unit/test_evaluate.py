@@ -41,7 +41,7 @@ class ScriptedEngine:
 
 
 def test_evaluate_counts_correct_samples():
-    from longrl.data.worlds import build_char_tokenizer
+    from longrl.tiny import build_char_tokenizer
 
     tok = build_char_tokenizer()
     prompts = World(WorldConfig(tasks=["add"], eval_size=5)).eval_prompts()

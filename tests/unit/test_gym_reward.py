@@ -6,8 +6,7 @@ from dataclasses import replace
 import pytest
 
 from longrl.data.sources import load_source
-from longrl.rewards.gym import GymReward, GymRewardConfig
-from longrl.rewards.registry import available_rewards, get_reward
+from longrl.rewards.gym import GymReward, GymRewardConfig, gym_reward
 from longrl.types import Prompt
 
 # A spread of task families; `rearc` keeps grids as tuples (the JSON round trip case), a wrong
@@ -27,9 +26,10 @@ def through_json(prompt: Prompt) -> Prompt:
     return replace(prompt, meta=json.loads(json.dumps(prompt.meta)))
 
 
-def test_registered():
-    assert "reasoning_gym" in available_rewards()
-    assert isinstance(get_reward("reasoning_gym"), GymReward)
+def test_factory_checks_its_options():
+    assert isinstance(gym_reward(binary=False), GymReward)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['binay'\]; valid: \['binary'\]"):
+        gym_reward(binay=True)
 
 
 def test_reference_answers_score_1_and_wrong_ones_0(prompts):
@@ -77,7 +77,7 @@ def test_partial_credit_is_binary_unless_asked():
 
 def test_unparsable_answer_is_wrong_not_an_error():
     (prompt,) = load_source("reasoning_gym:prime_factorization?size=1&seed=0")
-    (result,) = get_reward("reasoning_gym")([prompt], ["<answer>two times three</answer>"])
+    (result,) = gym_reward()([prompt], ["<answer>two times three</answer>"])
     assert result.score == 0.0 and result.info["reason"] == "unparsable"
     assert result.info["scorer_exception"].startswith("ValueError: invalid literal for int()")
     assert not any(key.endswith("error") for key in result.info)  # not counted as a reward failure

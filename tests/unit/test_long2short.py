@@ -4,13 +4,16 @@ import json
 import math
 
 import pytest
+
+from longrl.rewards.registry import build_rewards
 import torch
 from safetensors.torch import load_file
 
 from longrl.cli import main
-from longrl.config import L2SSampleConfig, TinyModelConfig, WorldConfig
+from longrl.config import RewardConfig, L2SSampleConfig, TinyModelConfig, WorldConfig
 from longrl.data.sources import DataError
-from longrl.data.worlds import World, build_char_tokenizer, save_tiny_model
+from longrl.data.worlds import World
+from longrl.tiny import build_char_tokenizer, save_tiny_model
 from longrl.long2short import (
     MergeError,
     dpo_loss,
@@ -166,7 +169,7 @@ def test_sample_groups_scores_and_counts_truncated_as_wrong():
     prompt = World(WorldConfig(tasks=["add"], eval_size=1)).eval_prompts()[0]
     good = prompt.meta["trace"]
     script = [(good, "stop"), ("A: 0", "stop"), (good, "length")]
-    (row,) = sample_groups(_Scripted(tok, script), tok, [prompt], L2SSampleConfig(n=3))
+    (row,) = sample_groups(_Scripted(tok, script), tok, [prompt], build_rewards(RewardConfig()), L2SSampleConfig(n=3))
     assert [r["correct"] for r in row["responses"]] == [True, False, False]
     assert [r["tokens"] for r in row["responses"]] == [len(good) + 1, 5, len(good)]  # end token counted
     assert row["responses"][0]["text"] == good and row["prompt"] == prompt.text

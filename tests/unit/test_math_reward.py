@@ -16,21 +16,18 @@ import pytest
 
 pytest.importorskip("math_verify")
 
-from longrl.rewards import (
-    get_reward,
-    math_worker,
-)
 from longrl.rewards import math as math_reward_module
+from longrl.rewards import math_worker
 from longrl.rewards.math import (
     MathRewardConfig,
     check_equivalence,
     extract_answer,
     extract_answers,
     is_equivalent,
+    math_reward,
     normalize_answer,
     score_response,
 )
-from longrl.rewards.registry import available_rewards
 from longrl.types import Prompt
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -147,9 +144,8 @@ def _prompts(*answers):
     return [Prompt(id=str(i), text="q", answer=a) for i, a in enumerate(answers)]
 
 
-def test_reward_is_registered_and_scores_a_batch():
-    assert "math" in available_rewards()
-    reward = get_reward("math")
+def test_reward_scores_a_batch():
+    reward = math_reward()
     solution = r"Since $2+2=4$, the result is $\boxed{4}$."  # a reference written as a solution
     cases = [  # (reference, response, score, reason, extracted)
         ("4", r"... so \boxed{4}", 1.0, "correct", "4"),
@@ -169,10 +165,10 @@ def test_reward_is_registered_and_scores_a_batch():
 
 def test_reward_options_are_checked():
     with pytest.raises(TypeError, match="unknown option.*fallback"):
-        get_reward("math", fallbak="none")
+        math_reward(fallbak="none")
     with pytest.raises(ValueError, match="timeout_s"):
-        get_reward("math", timeout_s=0)
-    strict = get_reward("math", fallback="none")
+        math_reward(timeout_s=0)
+    strict = math_reward(fallback="none")
     assert strict(_prompts("5"), ["the total is 5"])[0].info["reason"] == "no_answer"
 
 
@@ -183,7 +179,7 @@ def test_reward_options_are_checked():
     "\\boxed{" + "9" * 5000 + "}", "9" * 5000,
 ])  # fmt: skip
 def test_reward_never_raises(response):
-    [result] = get_reward("math")(_prompts("1"), [response])
+    [result] = math_reward()(_prompts("1"), [response])
     assert result.score == 0.0
     assert result.info["reason"] in {"wrong", "no_answer", "worker_error", "answer_too_long"}
 
@@ -197,7 +193,7 @@ def test_reward_never_raises_when_the_checker_fails(monkeypatch):
     assert (result.score, result.info["reason"], result.info["error"]) == (0.0, "error",
                                                                            "RuntimeError: boom")
     # fewer responses than prompts: the missing ones score 0 instead of raising
-    results = get_reward("math")(_prompts("1", "2"), [r"\boxed{1}"])
+    results = math_reward()(_prompts("1", "2"), [r"\boxed{1}"])
     assert [r.info["reason"] for r in results] == ["error", "error"]
 
 
@@ -221,7 +217,7 @@ def test_timeout_from_a_non_main_thread_then_the_worker_recovers():
 
 
 def test_reward_reports_timeout():
-    [result] = get_reward("math", timeout_s=0.5)(_prompts(PATHOLOGICAL), [r"\boxed{9^{9^{9}}+1}"])
+    [result] = math_reward(timeout_s=0.5)(_prompts(PATHOLOGICAL), [r"\boxed{9^{9^{9}}+1}"])
     assert (result.score, result.info["reason"]) == (0.0, "timeout")
 
 

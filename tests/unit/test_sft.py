@@ -3,7 +3,8 @@
 import pytest
 
 from longrl.config import SFTConfig, WorldConfig
-from longrl.data.worlds import World, build_char_tokenizer
+from longrl.data.worlds import World
+from longrl.tiny import build_char_tokenizer
 from longrl.models import encode_prompt
 from longrl.sft import lr_at, sft_example
 

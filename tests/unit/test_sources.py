@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from longrl.config import RunConfig, load_config
+from longrl.config import ConfigError, RunConfig, load_config
 from longrl.data.sources import (
     DataError,
     champ_answer,
@@ -277,18 +277,28 @@ def test_load_sources_concatenates_and_keeps_ids_unique(tmp_path):
 
 
 def test_run_config_data_section_feeds_the_prompt_pool(tmp_path):
-    from longrl.loop import _prompt_pool
+    from longrl.loop import prompt_sets
 
     train = write(tmp_path, [json.dumps({"text": "1+1", "answer": "2"}), "{bad"], name="train.jsonl")
     held = write(tmp_path, [json.dumps({"text": "5+5", "answer": "10"})], name="held.jsonl")
     config = load_config(RunConfig, overrides=[f"data.train=['{train}', 'world?size=3']",
                                                f"data.eval=['{held}']", "data.on_error='skip'"])
-    pool, evals = _prompt_pool(config)
+    pool, evals = prompt_sets(config)
     assert [p.text for p in pool[:1]] == ["1+1"] and len(pool) == 4 and pool[1].source == "world"
     assert [p.text for p in evals] == ["5+5"]
-    config = load_config(RunConfig, overrides=["world.train_size=5"])
-    pool, evals = _prompt_pool(config)  # no data.train: the tiny world, as before
-    assert len(pool) == 5 and {p.source for p in pool + evals} == {"world"}
+    config = load_config(RunConfig, overrides=["world.train_size=5", "world.eval_size=7"])
+    pool, evals = prompt_sets(config)  # the defaults name the world, shaped by the [world] section
+    assert config.data.train == ["world"] and config.data.eval == ["world?split=eval"]
+    assert len(pool) == 5 and len(evals) == 7 and {p.source for p in pool + evals} == {"world"}
+
+
+def test_train_sources_without_eval_sources_are_a_config_error(tmp_path):
+    run = tmp_path / "run.toml"
+    run.write_text('[data]\ntrain = ["jsonl:mine.jsonl"]\n')
+    with pytest.raises(ConfigError, match=r"run.toml, line 2: key 'data.train' is set but data.eval is not"):
+        load_config(RunConfig, run)
+    with pytest.raises(ConfigError, match="no prompt sources"):
+        load_config(RunConfig, overrides=["data.train=[]", "data.eval=['world?split=eval']"])
 
 
 # -- built-in sources ----------------------------------------------------------------------------
@@ -393,7 +403,7 @@ def test_world_source():
 
 
 def test_encode_prompt_accepts_text_messages_and_prompts():
-    from longrl.data.worlds import build_char_tokenizer
+    from longrl.tiny import build_char_tokenizer
     from longrl.models import encode_prompt
 
     tok = build_char_tokenizer()

@@ -7,15 +7,9 @@ import re
 import pytest
 
 from longrl.config import WorldConfig
-from longrl.data.worlds import (
-    TASKS,
-    World,
-    build_char_tokenizer,
-    check_answer,
-    format_trace,
-    is_held_out,
-    make_problem,
-)
+from longrl.data.worlds import TASKS, World, format_trace, is_held_out, make_problem
+from longrl.tiny import build_char_tokenizer
+from longrl.rewards.world import check_answer
 from longrl.rewards.registry import get_reward
 
 

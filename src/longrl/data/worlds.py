@@ -36,9 +36,8 @@ world seed, never of the problem stream: a verbose world draws the same problems
 Held-out prompts are the problems whose text hashes to 0 modulo `_HOLDOUT_MODULUS`; training
 never draws them, so the split holds whatever the sizes and seeds.
 
-The module also builds the kit a tiny model needs: a character-level tokenizer (Hugging Face
-`tokenizers`, saved as a normal tokenizer directory with a chat template) and a small random-init
-Qwen2 model saved as a Hugging Face model directory.
+The exact verifier of the answer line is the `world` reward (`rewards/world.py`); the tokenizer
+and model a tiny world trains are built by `longrl.tiny`.
 """
 
 from __future__ import annotations
@@ -49,9 +48,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from longrl.config import TinyModelConfig, WorldConfig
-from longrl.rewards.registry import register_reward
-from longrl.types import Prompt, RewardResult
+from longrl.config import ConfigError, WorldConfig
+from longrl.types import Prompt
 
 TASKS = ("add", "sub", "mul", "chain")
 _HOLDOUT_MODULUS = 10  # one problem in ten is reserved for evaluation
@@ -118,7 +116,7 @@ def make_problem(task: str, level: int, rng: random.Random) -> tuple[str, int, l
     if task == "chain":
         terms = [rng.randint(1, 99) for _ in range(max(level, 2))]
         return "+".join(map(str, terms)), sum(terms), _chain_trace(terms)
-    raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    raise ConfigError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
 
 def format_trace(lines: Sequence[str], answer: int) -> str:
@@ -153,11 +151,11 @@ class World:
     def __init__(self, config: WorldConfig):
         for task in config.tasks:
             if task not in TASKS:
-                raise ValueError(f"world.tasks: unknown task {task!r}; choose from {TASKS}")
+                raise ConfigError(f"world.tasks: unknown task {task!r}; choose from {TASKS}")
         if not 1 <= config.min_level <= config.max_level:
-            raise ValueError("world: need 1 <= min_level <= max_level")
+            raise ConfigError("world: need 1 <= min_level <= max_level")
         if config.trace_style not in ("concise", "verbose"):
-            raise ValueError(f"world.trace_style is {config.trace_style!r}: choose 'concise' or 'verbose'")
+            raise ConfigError(f"world.trace_style is {config.trace_style!r}: choose 'concise' or 'verbose'")
         self.config = config
 
     def _draw(self, rng: random.Random, held_out: bool) -> Prompt:
@@ -191,90 +189,3 @@ class World:
                 seen.add(p.id)
                 out.append(p)
         return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Verifier
-# ----------------------------------------------------------------------------------------------
-
-_ANSWER = re.compile(r"^A: *(-?\d+) *$", re.MULTILINE)
-
-
-def check_answer(response: str, answer: str) -> RewardResult:
-    """1.0 when the response has exactly one answer line and it equals the reference."""
-    found = _ANSWER.findall(response)
-    if not found:
-        return RewardResult(0.0, {"reason": "no_answer"})
-    if len(set(found)) > 1:
-        return RewardResult(0.0, {"reason": "multiple_answers", "extracted": found})
-    correct = int(found[0]) == int(answer)
-    return RewardResult(float(correct), {"extracted": found[0], "reason": "ok" if correct else "wrong"})
-
-
-@register_reward("world")
-def world_reward(**_options):
-    def score(prompts: Sequence[Prompt], responses: Sequence[str]) -> list[RewardResult]:
-        return [check_answer(r, p.answer) for p, r in zip(prompts, responses)]
-
-    return score
-
-
-# ----------------------------------------------------------------------------------------------
-# Tokenizer and tiny model
-# ----------------------------------------------------------------------------------------------
-
-SPECIAL_TOKENS = ["<|pad|>", "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-def build_char_tokenizer():
-    """A character-level tokenizer: byte-level BPE with the 256 byte symbols and no merges.
-
-    Byte-level BPE is the scheme of Qwen2's own tokenizer, so `AutoTokenizer` (which loads a
-    Qwen2 model directory's tokenizer as `Qwen2Tokenizer`, whatever class saved it) and any other
-    tool rebuild exactly this tokenizer; with no merges every ASCII character is one token.
-    `<|endoftext|>` is in the vocabulary because `Qwen2Tokenizer` uses it as its unknown token.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + alphabet)}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.normalizer = normalizers.NFC()
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(SPECIAL_TOKENS)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<|pad|>", unk_token="<|endoftext|>", eos_token="<|end|>")
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def build_tiny_model(config: TinyModelConfig, tokenizer, seed: int = 0):
-    """A random-init causal LM of `config`'s shape for `tokenizer`'s vocabulary."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    model_config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_heads, intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_positions, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(model_config)
-
-
-def save_tiny_model(config: TinyModelConfig, out_dir: str | Path, seed: int = 0) -> Path:
-    """Build the tokenizer and a tiny random model and save both as one HF model directory."""
-    tokenizer = build_char_tokenizer()
-    model = build_tiny_model(config, tokenizer, seed)
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir

@@ -1,5 +1,6 @@
-"""Rewards: name -> batched scoring function (SPEC §6). See `registry.py`."""
+"""Rewards (SPEC §6): built-in and user rewards (`registry.py`), the one scoring path (`score.py`)."""
 
-from longrl.rewards.registry import Reward, get_reward, register_reward, score_batch
+from longrl.rewards.registry import Reward, available_rewards, build_rewards, get_reward
+from longrl.rewards.score import score, score_batch
 
-__all__ = ["Reward", "get_reward", "register_reward", "score_batch"]
+__all__ = ["Reward", "available_rewards", "build_rewards", "get_reward", "score", "score_batch"]

@@ -32,21 +32,24 @@ from __future__ import annotations
 import importlib.util
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
-if importlib.util.find_spec("reasoning_gym") is None:  # the registry skips us on ImportError
-    raise ImportError("the reasoning_gym reward needs reasoning-gym: pip install 'longrl[data]'")
+if importlib.util.find_spec("reasoning_gym") is None:  # a missing extra says which install fixes it
+    raise ModuleNotFoundError("the reasoning_gym reward needs reasoning-gym: pip install 'longrl[data]'", name="reasoning_gym")
 
-from longrl.rewards.registry import register_reward
 from longrl.types import Prompt, RewardResult
 
 
 @dataclass
 class GymRewardConfig:
-    """Options of the `reasoning_gym` reward (`get_reward("reasoning_gym", **options)`)."""
+    """Options of the `reasoning_gym` reward: a run's `[reward.reasoning_gym]` table, or
+    `gym_reward(**options)`."""
 
-    binary: bool = True  # 1.0 only for a full-credit answer, else 0.0; False = the task's graded score
+    binary: bool = field(default=True, metadata={
+        "help": "1.0 only for a full-credit answer, else 0.0 (k1.5's 0/1 reward); false passes "
+                "the task scorer's graded score through (ours; the module docstring says what "
+                "that pays for)."})  # fmt: skip
 
 
 @lru_cache(maxsize=256)
@@ -109,6 +112,11 @@ class GymReward:
         return [score_gym_response(p, r, self.config) for p, r in zip(prompts, responses)]
 
 
-@register_reward("reasoning_gym")
 def gym_reward(**options) -> GymReward:
+    """The `reasoning_gym` reward's factory: `options` are `GymRewardConfig` fields."""
+    valid = {f.name for f in fields(GymRewardConfig)}
+    if unknown := set(options) - valid:
+        raise TypeError(
+            f"reasoning_gym reward: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}"
+        )
     return GymReward(GymRewardConfig(**options))

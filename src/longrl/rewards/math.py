@@ -59,7 +59,7 @@ from fractions import Fraction
 from typing import Literal
 
 if importlib.util.find_spec("math_verify") is None:  # the registry skips us on ImportError
-    raise ImportError("the math reward needs math-verify: pip install 'longrl[math]'")
+    raise ModuleNotFoundError("the math reward needs math-verify: pip install 'longrl[math]'", name="math_verify")
 
 from longrl.rewards.math_worker import (
     FLOAT_DIGITS,
@@ -68,7 +68,7 @@ from longrl.rewards.math_worker import (
     VerifierPool,
     check_pairs,
 )
-from longrl.rewards.registry import Reward, register_reward
+from longrl.rewards.registry import Reward
 from longrl.types import Prompt, RewardResult
 
 __all__ = ["Extraction", "MathRewardConfig", "NormalizedAnswer", "Verdict", "VerifierPool",
@@ -564,7 +564,7 @@ def score_response(response: str, reference: str | None, config: MathRewardConfi
 
 
 def math_reward(**options) -> Reward:
-    """Factory registered as "math": options are `MathRewardConfig` fields."""
+    """The `math` reward's factory: options are `MathRewardConfig` fields."""
     valid = {f.name for f in fields(MathRewardConfig)}
     if unknown := set(options) - valid:
         raise TypeError(f"math reward: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}")
@@ -583,5 +583,3 @@ def math_reward(**options) -> Reward:
 
     return reward
 
-
-register_reward("math")(math_reward)

@@ -45,13 +45,12 @@ an iteration longer than `segment_tokens` decoding steps).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 
 from longrl.buffer import ReplayBuffer, start_version
 from longrl.config import PartialRolloutConfig
-from longrl.rollout.contract import ends_response
-from longrl.types import FinishReason, GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
+from longrl.rollout.sample import extend, rollout_metrics
+from longrl.types import Prompt, SamplingParams, Trajectory
 
 
 def token_budget(config: PartialRolloutConfig, prompts_per_iter: int, k: int) -> int:
@@ -74,16 +73,6 @@ def plan(unfinished: Sequence[Trajectory], config: PartialRolloutConfig, budget:
     return continued, left, new_groups, new_cap
 
 
-def _finish_reason(reason: FinishReason, total: int, max_new_tokens: int) -> FinishReason | None:
-    """Step 4: a segment's engine finish reason (`rollout/contract.py`) -> the trajectory's, None
-    while unfinished. Only `budget` leaves a response open, and only while its `total` tokens
-    are below `max_new_tokens` (the engine caps a continuation by what the response has left,
-    which it reports as `budget`)."""
-    if ends_response(reason):
-        return reason
-    return "length" if total >= max_new_tokens else None
-
-
 def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], buffer: ReplayBuffer,
                     new_prompts: Callable[[int], list[Prompt]], config: PartialRolloutConfig,
                     prompts_per_iter: int, k: int, params: SamplingParams,
@@ -97,21 +86,13 @@ def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], bu
         ids = encode(prompt)
         fresh += [Trajectory(prompt, j, ids, group=f"{prompt.id}@{version}:{g}") for j in range(k)]
     work = continued + [(t, new_cap) for t in fresh]
-    requests = [GenerationRequest(t.prompt_ids, t.response_ids, cap) for t, cap in work]
-    start = time.perf_counter()
-    parts = [requests]  # one call: new rows decode beside the continuations (continuous batching)
-    if getattr(engine, "pads_contexts", True):  # two calls, so new rows are not padded to long contexts
-        parts = [requests[:len(continued)], requests[len(continued):]]
-    completions = []
-    for part in parts:
-        completions += engine.generate(part, params) if part else []
-    elapsed = time.perf_counter() - start
-
-    finished, still, forced = [], [], 0
-    for (t, _), c in zip(work, completions):
-        t.segments.append(Segment(c.token_ids, c.logprobs, version))
-        t.finish_reason = _finish_reason(c.finish_reason, t.num_response_tokens, params.max_new_tokens)
-        (still if t.finish_reason is None else finished).append(t)
+    # an engine that pads every context of a call to the longest gets continuations and new rows
+    # in two calls, so new rows are not padded to long contexts (module docstring, step 3)
+    split_at = len(continued) if getattr(engine, "pads_contexts", True) else None
+    new_tokens, elapsed = extend(engine, tokenizer, work, params, version, split_at)  # steps 4 and tagging
+    finished = [t for t, _ in work if t.finish_reason is not None]
+    still = [t for t, _ in work if t.finish_reason is None]
+    forced = 0
     expired = [t for t in still + left if version - start_version(t) + 1 >= config.max_age]
     for t in expired:
         if config.age_policy == "finish":
@@ -122,29 +103,22 @@ def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], bu
         still = [t for t in still if t.finish_reason is None]
         left = [t for t in left if t.finish_reason is None]
     for t in finished:
-        t.text = tokenizer.decode(t.response_ids, skip_special_tokens=True)
+        if not t.text:  # force-finished by age: decoded here
+            t.text = tokenizer.decode(t.response_ids, skip_special_tokens=True)
     buffer.add(still + left + finished)
     dropped = buffer.drop_groups({t.group_key for t in expired}) if config.age_policy == "drop" else 0
     complete = buffer.take_complete_groups()
 
-    new_tokens = sum(len(c.token_ids) for c in completions)
-    done_tokens = sum(t.num_response_tokens for t in complete)
-    return complete, {
-        "rollout/trajectories": float(len(complete)),
-        "rollout/requests": float(len(requests)),
+    return complete, rollout_metrics(complete, new_tokens, elapsed) | {
+        "rollout/requests": float(len(work)),
         "rollout/continued": float(len(continued)),
         "rollout/new_groups": float(n_new),
         "rollout/budget_reserved": float(sum(cap for _, cap in work)),
         "rollout/budget": float(budget),
         "rollout/new_tokens": float(new_tokens),
-        "rollout/mean_tokens": done_tokens / max(len(complete), 1),
-        "rollout/max_tokens": float(max((t.num_response_tokens for t in complete), default=0)),
-        "rollout/truncated": sum(t.finish_reason != "stop" for t in complete) / max(len(complete), 1),
         "rollout/aged_out_dropped": float(dropped),
         "rollout/aged_out_finished": float(forced),
         "rollout/old_token_share": old_token_share(complete, version),
-        "perf/rollout_s": elapsed,
-        "perf/rollout_tokens_per_s": new_tokens / max(elapsed, 1e-9),
     }
 
 

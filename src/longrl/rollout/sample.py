@@ -1,0 +1,85 @@
+"""The one path from prompts to `Trajectory`s: every command samples through here.
+
+`sample` draws k trajectories per prompt in one call to the engine: the RL loop's rollout,
+evaluation, curation (pass rates, easy-to-hack guesses), long2short sampling and the token
+efficiency report all use it. `extend` is its core and that of partial rollouts
+(`rollout/partial.py`): it grows each trajectory by one segment sampled by one policy version,
+sets its finish reason, and decodes the response once it is finished. A one-shot rollout is
+thus a partial rollout whose every trajectory finishes within its first segment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from longrl.models import encode_prompt
+from longrl.rollout.contract import ends_response
+from longrl.types import FinishReason, GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
+
+
+def segment_finish(reason: FinishReason, total: int, max_new_tokens: int) -> FinishReason | None:
+    """A segment's engine finish reason -> its trajectory's, None while unfinished.
+
+    Only `budget` leaves a response open, and only while its `total` tokens are below
+    `max_new_tokens` (the engine caps a continuation by what the response has left, which it
+    reports as `budget`).
+    """
+    if ends_response(reason):
+        return reason
+    return "length" if total >= max_new_tokens else None
+
+
+def extend(engine, tokenizer, work: Sequence[tuple[Trajectory, int | None]], params: SamplingParams,
+           version: int, split_at: int | None = None) -> tuple[int, float]:
+    """Grow each trajectory of `work` by one segment of at most its cap (None: no cap of its own).
+
+    Trajectories continue from their response so far. `split_at` sends `work[:split_at]` and
+    the rest in two engine calls (for engines that pad every context of a call to the longest).
+    Returns (new tokens, seconds spent generating).
+    """
+    requests = [GenerationRequest(t.prompt_ids, t.response_ids, cap) for t, cap in work]
+    parts = [requests] if split_at is None else [requests[:split_at], requests[split_at:]]
+    start, completions = time.perf_counter(), []
+    for part in parts:
+        completions += engine.generate(part, params) if part else []
+    elapsed = time.perf_counter() - start
+    for (t, _), c in zip(work, completions):
+        t.segments.append(Segment(c.token_ids, c.logprobs, version))
+        t.finish_reason = segment_finish(c.finish_reason, t.num_response_tokens, params.max_new_tokens)
+        if t.finish_reason is not None:
+            t.text = tokenizer.decode(t.response_ids, skip_special_tokens=True)
+    return sum(len(c.token_ids) for c in completions), elapsed
+
+
+def sample(engine, tokenizer, prompts: Sequence[Prompt], k: int, params: SamplingParams, version: int = 0,
+           prefixes: Sequence[str] | None = None) -> tuple[list[Trajectory], dict[str, float]]:
+    """k finished trajectories per prompt, in prompt order, each one segment sampled by `version`.
+
+    `prefixes[i]`, optional, is text every response to prompt i is forced to start with: it
+    conditions the generation, becomes part of the trajectory's prompt, and is not in its text.
+    """
+    trajectories = []
+    for i, prompt in enumerate(prompts):
+        ids = encode_prompt(tokenizer, prompt)
+        if prefixes and prefixes[i]:
+            ids = ids + tokenizer.encode(prefixes[i], add_special_tokens=False)
+        trajectories += [Trajectory(prompt, j, ids) for j in range(k)]
+    new_tokens, elapsed = extend(engine, tokenizer, [(t, None) for t in trajectories], params, version)
+    return trajectories, rollout_metrics(trajectories, new_tokens, elapsed)
+
+
+def rollout_metrics(finished: Sequence[Trajectory], new_tokens: int, elapsed: float) -> dict[str, float]:
+    """`rollout/...` and `perf/rollout...` metrics of the finished trajectories of one rollout."""
+    n = max(len(finished), 1)
+    tokens = sum(t.num_response_tokens for t in finished)
+    return {
+        "rollout/trajectories": float(len(finished)),
+        "rollout/mean_tokens": tokens / n,
+        "rollout/max_tokens": float(max((t.num_response_tokens for t in finished), default=0)),
+        "rollout/truncated": sum(t.finish_reason != "stop" for t in finished) / n,
+        # mean negative log-prob of sampled tokens: a sample estimate of the policy's entropy
+        "rollout/token_nll": -sum(sum(t.response_logprobs) for t in finished) / max(tokens, 1),
+        "perf/rollout_s": elapsed,
+        "perf/rollout_tokens_per_s": new_tokens / max(elapsed, 1e-9),
+    }
