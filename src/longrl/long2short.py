@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from longrl.config import DPOConfig, L2SSampleConfig, SFTConfig, ShortestRSConfig, dump_toml
+from longrl.config import DPOConfig, L2SSampleConfig, SFTConfig, ShortestRSConfig
 from longrl.data.sources import DataError, load_sources, read_jsonl
 from longrl.errors import LongrlError
 from longrl.evaluate import evaluate
@@ -297,14 +297,9 @@ def shortest_rows(groups: list[dict]) -> list[dict]:
 
 def run_shortest_rs(config: ShortestRSConfig, show_progress: bool = True) -> dict[str, float]:
     """Sample with `model.path`, keep the shortest correct, SFT `model.path` on them; eval metrics."""
-    from longrl.sft import run_sft
+    from longrl.sft import run_sft, start_job
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    run_dir = Path(config.out_dir) / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "shortest_rs.toml").write_text(dump_toml(config))
+    run_dir = start_job(config, "shortest_rs.toml")
     model, tokenizer = load_policy(config.model.path, config.model.dtype)
     groups = _groups_for(config, model, tokenizer, run_dir)
     rows = shortest_rows(groups)
@@ -370,12 +365,9 @@ def run_dpo(config: DPOConfig, show_progress: bool = True) -> dict[str, float]:
     """Pairs from n samples of `model.path`, DPO against it frozen; eval metrics of the result."""
     from tqdm import tqdm
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    run_dir = Path(config.out_dir) / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(dump_toml(config))
+    from longrl.sft import start_job
+
+    run_dir = start_job(config)
     model, tokenizer = load_policy(config.model.path, config.model.dtype)
     groups = _groups_for(config, model, tokenizer, run_dir)
     pairs = preference_pairs(groups, tokenizer, config.length_ratio)

@@ -109,16 +109,23 @@ def example_source(config: SFTConfig, tokenizer, rng: random.Random):
     return draws[0] if len(draws) == 1 else lambda: rng.choice(draws)()
 
 
-def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
-    """Train, evaluate on the held-out split, save `<out_dir>/<name>/final`; return metrics."""
-    from tqdm import tqdm
-
+def start_job(config, config_file: str = "config.toml") -> Path:
+    """Threads and seed of a job's config (`threads`, `seed`); its run directory, created with
+    the resolved config written into it as `config_file`."""
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     run_dir = Path(config.out_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(dump_toml(config))
+    (run_dir / config_file).write_text(dump_toml(config))
+    return run_dir
+
+
+def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
+    """Train, evaluate on the held-out split, save `<out_dir>/<name>/final`; return metrics."""
+    from tqdm import tqdm
+
+    run_dir = start_job(config)
     model, tokenizer = _initial_model(config)
     draw = example_source(config, tokenizer, random.Random(config.seed))
     eval_prompts = load_sources(config.data.eval, config.data.on_error, config.world)
