@@ -140,7 +140,6 @@ def _jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-@pytest.mark.xfail(reason="needs [reward.<name>] options", strict=False)
 def test_train_scores_code_prompts_through_the_sandbox_service(
     service, service_log, tiny_model_dir, tmp_path
 ):
