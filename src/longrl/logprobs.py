@@ -85,7 +85,9 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
                 dz.scatter_add_(1, targets[s:s + ctx.chunk, None], g).div_(ctx.temperature)  # d/d logits
                 if need_h:
                     grad_h[s:s + ctx.chunk] = (dz.to(ctx.dtype) @ w).to(hidden.dtype)  # [n, H]
-                if need_w:
+                if need_w and ctx.dtype == torch.float32:
+                    grad_w.addmm_(dz.T, h.float())  # [V, H], accumulated in place: no [V, H] temporary
+                elif need_w:
                     grad_w += (dz.to(ctx.dtype).T @ h.to(ctx.dtype)).float()  # [V, H]
                 if need_b:
                     grad_b += dz.sum(0)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from longrl.config import LossConfig, TrainConfig
-from longrl.device import autocast, compute_dtype
+from longrl.device import attention_implementation, autocast, compute_dtype
 from longrl.logprobs import policy_logprobs, supports_chunked
 from longrl.losses import opmd_advantages, opmd_loss
 from longrl.models import token_logprobs
@@ -162,6 +162,9 @@ class Trainer:
         self.config, self.loss_config = train, loss
         self.pad_id, self.temperature = pad_id, temperature
         self.rng = random.Random(seed)
+        attention = attention_implementation(self.device)
+        if attention != self.model.config._attn_implementation and attention.startswith("flash"):
+            self.model.set_attn_implementation(attention)  # varlen over packed rows (logprobs.py)
         if train.gradient_checkpointing:
             # non-reentrant: works when the inputs (token ids) need no gradient
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
