@@ -32,9 +32,9 @@ stage() {  # stage NAME SECONDS COMMAND...: run under timeout, log to $OUT/NAME.
 }
 
 bench() { "$PYTHON" benchmarks/gpu_train.py --out "$OUT" "$@"; }
-stage train 170 bench --stage train
+stage train 160 bench --stage train
 stage rollout 70 bench --stage rollout
-stage partial 70 bench --stage partial
+stage partial 90 bench --stage partial
 stage tests 120 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/unit
 
 "$PYTHON" - "$OUT" <<'PY'
