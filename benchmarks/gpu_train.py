@@ -232,7 +232,7 @@ def parse_args(argv=None):
     parser.add_argument("--peak-tflops", type=float, default=H200_BF16_DENSE_TFLOPS)
     parser.add_argument("--rows", type=int, nargs="+", default=[8, 64, 256])
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--long", type=int, default=1024)
+    parser.add_argument("--long", type=int, default=512)
     parser.add_argument("--short", type=int, default=64)
     parser.add_argument("--segment", type=int, default=128)
     parser.add_argument("--out", default="", help="write <stage>.json here")

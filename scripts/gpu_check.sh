@@ -32,11 +32,11 @@ stage() {  # stage NAME SECONDS COMMAND...: run under timeout, log to $OUT/NAME.
 }
 
 bench=("$PYTHON" benchmarks/gpu_train.py --out "$OUT")  # an array: `timeout` cannot run a function
-stage train 160 "${bench[@]}" --stage train
+stage train 120 "${bench[@]}" --stage train
 stage rollout 70 "${bench[@]}" --stage rollout
-stage partial 90 "${bench[@]}" --stage partial
+stage partial 100 "${bench[@]}" --stage partial
 # only the GPU tests' file: other test modules import extras absent on a bare GPU machine
-stage tests 120 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/unit/test_gpu.py
+stage tests 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/unit/test_gpu.py
 
 "$PYTHON" - "$OUT" <<'PY'
 import json, sys
