@@ -23,6 +23,7 @@ import torch
 from longrl.buffer import ReplayBuffer
 from longrl.config import RunConfig, dump_toml, load_config
 from longrl.data.sources import load_sources
+from longrl.device import resolve_device
 from longrl.errors import LongrlError
 from longrl.evaluate import evaluate
 from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
@@ -37,7 +38,7 @@ from longrl.rollout.sample import sample
 from longrl.sampler import Sampler, make_sampler
 from longrl.trainer import Trainer
 from longrl.types import Prompt, SamplingParams, Trajectory
-from longrl.weight_sync import WeightSync
+from longrl.weight_sync import WeightSync, sync_tolerance
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,12 +98,16 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     torch.manual_seed(config.seed)
     run_dir = Path(config.out_dir) / config.name
     model, tokenizer = load_policy(model_path or config.model.path, config.model.dtype)
-    engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)  # its own copy of the weights
+    device = resolve_device(config.train.device)
+    model = model.to(device)  # the colocated engine copies the weights from here, on the same device
+    engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
     trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
-                      temperature=config.rollout.temperature, seed=config.seed)
+                      temperature=config.rollout.temperature, seed=config.seed, device=device,
+                      dtype=config.model.dtype)
     train_pool, eval_prompts = prompt_sets(config)
     rewards = build_rewards(config.reward)
-    sync = WeightSync(model, engine, tokenizer, tolerance=config.rollout.sync_check_tolerance)
+    tolerance = sync_tolerance(config.rollout.sync_check_tolerance, config.model.dtype)
+    sync = WeightSync(trainer.model, engine, tokenizer, tolerance=tolerance)
     return Run(config, run_dir, tokenizer, trainer, engine, make_sampler(config.sampler, train_pool, config.seed),
                ReplayBuffer(config.partial.max_unfinished), rewards, eval_prompts, sync)
 

@@ -35,15 +35,15 @@ def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float,
                    kind: Literal["mean", "logmeanexp"] = "mean") -> torch.Tensor:
     """The estimate of τ log Z for each sequence's group of samples: [N] -> [N]."""
     num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 0
-    counts = torch.zeros(num_groups, dtype=rewards.dtype).index_add_(0, group_ids, torch.ones_like(rewards))
+    counts = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, group_ids, torch.ones_like(rewards))
     if kind == "mean":
-        sums = torch.zeros(num_groups, dtype=rewards.dtype).index_add_(0, group_ids, rewards)
+        sums = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, group_ids, rewards)
         return (sums / counts)[group_ids]
     if kind == "logmeanexp":
         scaled = rewards / tau  # [N]
-        peak = torch.full((num_groups,), -torch.inf, dtype=rewards.dtype).scatter_reduce(
+        peak = torch.full((num_groups,), -torch.inf, dtype=rewards.dtype, device=rewards.device).scatter_reduce(
             0, group_ids, scaled, reduce="amax")  # [G], subtracted for numerical stability
-        sums = torch.zeros(num_groups, dtype=rewards.dtype).index_add_(0, group_ids, (scaled - peak[group_ids]).exp())
+        sums = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, group_ids, (scaled - peak[group_ids]).exp())
         return (tau * (peak + (sums / counts).log()))[group_ids]
     raise ValueError(f"unknown baseline {kind!r}: use 'mean' or 'logmeanexp'")
 
@@ -72,17 +72,17 @@ def opmd_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_mask: tor
     log_ratio = (logprobs - old_logprobs).reshape(-1)[mask]  # [M]
     weight = None if token_weights is None else token_weights.reshape(-1)[mask].to(log_ratio.dtype)  # [M]
     n = advantages.shape[0]
-    tokens_per_seq = torch.zeros(n, dtype=log_ratio.dtype).index_add_(0, seq, torch.ones_like(log_ratio))
+    tokens_per_seq = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).index_add_(0, seq, torch.ones_like(log_ratio))
     present = tokens_per_seq > 0  # [N] sequences with at least one loss token
     if level == "sequence":
         weighted = log_ratio if weight is None else weight * log_ratio  # [M]
-        seq_ratio = torch.zeros(n, dtype=log_ratio.dtype).index_add_(0, seq, weighted)  # [N]
+        seq_ratio = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).index_add_(0, seq, weighted)  # [N]
         per_seq = (advantages - tau * seq_ratio) ** 2 / (2 * tau)  # [N]
     elif level == "token":
         per_token = (advantages[seq] - tau * log_ratio) ** 2 / (2 * tau)  # [M]
         if weight is not None:
             per_token = weight * per_token
-        per_seq = torch.zeros(n, dtype=log_ratio.dtype).index_add_(0, seq, per_token)
+        per_seq = torch.zeros(n, dtype=log_ratio.dtype, device=log_ratio.device).index_add_(0, seq, per_token)
         per_seq = per_seq / tokens_per_seq.clamp(min=1)  # [N]
     else:
         raise ValueError(f"unknown loss level {level!r}: use 'sequence' or 'token'")

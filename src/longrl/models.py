@@ -74,12 +74,20 @@ def encode_prompt(tokenizer, prompt: str | list[dict] | Prompt) -> list[int]:
 
 
 def token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
+                   temperature: float = 1.0, chunk_tokens: int = 1024) -> torch.Tensor:
     """log p(input_ids[:, t] | input_ids[:, <t]) for every t, 0 at t = 0.
 
     Rows may hold several packed sequences: `position_ids` restart at 0 for each, and with no
     attention mask the model keeps attention inside each sequence.
+
+    The LM head runs `chunk_tokens` tokens at a time (`longrl.logprobs`), so no [B, T, V] float32
+    tensor is made in forward or backward. `chunk_tokens = 0`, or a model whose logits are not
+    a plain linear head on its decoder, takes the plain path through the full logits.
     """
+    from longrl.logprobs import policy_logprobs, supports_chunked
+
+    if chunk_tokens > 0 and supports_chunked(model):
+        return policy_logprobs(model, input_ids, position_ids, temperature, chunk_tokens)[0]
     logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
     logits = logits[:, :-1].float() / max(temperature, 1e-6)  # [B, T-1, V]
     targets = input_ids[:, 1:].unsqueeze(-1)  # [B, T-1, 1]

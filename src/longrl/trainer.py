@@ -5,7 +5,16 @@ Per iteration, over the scored trajectories of the rollout phase:
 2. the optimizer is reset (the reference policy π_θi just changed, SPEC §3);
 3. for `epochs` passes, the sequences are shuffled and split into mini-batches of
    `mini_batch_size`; each mini-batch is packed into rows of `row_tokens` tokens and takes one
-   optimizer step (rows are processed `micro_batch_rows` at a time to bound memory).
+   optimizer step. Rows are processed in micro-batches (gradient accumulation) to bound memory:
+   `max_tokens_per_micro_batch` groups consecutive rows so that rows x longest row stays within
+   the budget, each micro-batch cut to its longest row (`micro_batches`); `micro_batch_rows`
+   caps the rows per micro-batch.
+
+Device and precision (`device.py`): the policy, each micro-batch and the loss live on the
+trainer's device; the weights are float32 masters and forward/backward run under autocast in
+the compute dtype (bf16 for `model.dtype = "bfloat16"`). Log-probs go through the LM head in
+chunks of `logprob_chunk_tokens` (`logprobs.py`), and with `gradient_checkpointing` each
+decoder layer recomputes its activations in backward.
 
 π_θi log-probs are those the engine recorded while sampling; with `recompute_old_logprobs` the
 trainer recomputes them before the first step. Either way the largest gap between the engine's
@@ -24,6 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from longrl.config import LossConfig, TrainConfig
+from longrl.device import attention_implementation, autocast, compute_dtype
+from longrl.logprobs import policy_logprobs, supports_chunked
 from longrl.losses import opmd_advantages, opmd_loss
 from longrl.models import token_logprobs
 from longrl.types import TrainBatch, Trajectory
@@ -98,6 +109,34 @@ def build_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tens
                       advantages, rewards, len(trajectories), token_weights)
 
 
+def micro_batches(row_lengths: Sequence[int], max_tokens: int = 0, max_rows: int = 0) -> list[range]:
+    """Consecutive rows grouped for one forward/backward each.
+
+    A group's padded size is its rows x its longest row; it stays within `max_tokens` (0 = no
+    limit) with at most `max_rows` rows (0 = no limit). A row longer than `max_tokens` goes
+    alone: a sequence is never split.
+    """
+    groups: list[range] = []
+    longest = 0
+    for i, n in enumerate(row_lengths):
+        if groups:
+            size = len(groups[-1]) + 1
+            if (not max_tokens or size * max(longest, n) <= max_tokens) and (not max_rows or size <= max_rows):
+                groups[-1], longest = range(groups[-1].start, i + 1), max(longest, n)
+                continue
+        groups.append(range(i, i + 1))
+        longest = n
+    return groups
+
+
+def row_lengths(used: torch.Tensor) -> list[int]:
+    """[B, T] bool, True where a row holds a token that matters -> the length of each row up to
+    its last such token (at least 1). Later columns can be cut: attention is causal."""
+    T = used.shape[1]
+    last = T - used.flip(-1).int().argmax(-1)  # [B]; T - 0 = T when no token matters
+    return [int(n) if bool(u.any()) else 1 for n, u in zip(last, used)]
+
+
 def _count_sequences(seq_ids: torch.Tensor, loss_mask: torch.Tensor) -> int:
     """Sequences with at least one loss token."""
     return int(seq_ids[loss_mask > 0].unique().numel())
@@ -113,42 +152,70 @@ class Trainer:
     """Owns the policy and runs the training phase of each iteration."""
 
     def __init__(self, model, train: TrainConfig, loss: LossConfig, pad_id: int,
-                 temperature: float = 1.0, seed: int = 0):
-        self.model, self.config, self.loss_config = model, train, loss
+                 temperature: float = 1.0, seed: int = 0, device: torch.device | str | None = None,
+                 dtype: str = "float32"):
+        """`device`: where to train (None: where the model is); `dtype`: `model.dtype`, the compute
+        precision. The model is moved there and its weights become float32 masters (device.py)."""
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.compute_dtype = compute_dtype(dtype)
+        self.model = model.to(self.device, dtype=torch.float32)
+        self.config, self.loss_config = train, loss
         self.pad_id, self.temperature = pad_id, temperature
         self.rng = random.Random(seed)
+        attention = attention_implementation(self.device)
+        if attention != self.model.config._attn_implementation and attention.startswith("flash"):
+            self.model.set_attn_implementation(attention)  # varlen over packed rows (logprobs.py)
+        if train.gradient_checkpointing:
+            # non-reentrant: works when the inputs (token ids) need no gradient
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         return torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=tuple(c.betas),
-                                 weight_decay=c.weight_decay)
+                                 weight_decay=c.weight_decay, fused=self.device.type == "cuda")
 
-    def _row_chunks(self, batch: TrainBatch):
-        step = self.config.micro_batch_rows or batch.input_ids.shape[0]
-        for start in range(0, batch.input_ids.shape[0], step):
-            yield slice(start, start + step)
+    def _micro_batches(self, used: torch.Tensor) -> list[tuple[slice, int]]:
+        """(rows, width) of each micro-batch of packed rows; `used` [B, T] marks tokens that matter."""
+        lengths = row_lengths(used)
+        groups = micro_batches(lengths, self.config.max_tokens_per_micro_batch, self.config.micro_batch_rows)
+        return [(slice(g.start, g.stop), max(lengths[g.start:g.stop])) for g in groups]
+
+    def _logprobs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs [b, T] (and entropies [b, T] when asked and chunking applies)."""
+        chunk = self.config.logprob_chunk_tokens
+        with autocast(self.device, self.compute_dtype):
+            if with_entropy and chunk > 0 and supports_chunked(self.model):
+                return policy_logprobs(self.model, input_ids, position_ids, self.temperature, chunk, True)
+            return token_logprobs(self.model, input_ids, position_ids, self.temperature, chunk), None
 
     def step(self, batch: TrainBatch) -> dict[str, float]:
         """One optimizer step on a packed mini-batch (gradient accumulation over row chunks)."""
         self.model.train()
         total = max(_count_sequences(batch.seq_ids, batch.loss_mask), 1)
         metrics: dict[str, float] = {}
-        first_gap = 0.0
-        for rows in self._row_chunks(batch):
-            logp = token_logprobs(self.model, batch.input_ids[rows], batch.position_ids[rows],
-                                  self.temperature)  # [b, T]
-            mask = batch.loss_mask[rows]
-            part = _count_sequences(batch.seq_ids[rows], mask)
-            weights = None if batch.token_weights is None else batch.token_weights[rows]
-            loss, m = opmd_loss(logp, batch.old_logprobs[rows], mask, batch.seq_ids[rows].clamp(min=0),
-                                batch.advantages, self.loss_config.tau, self.loss_config.level, weights)
+        first_gap, entropy_sum, entropy_count = 0.0, 0.0, 0.0
+        advantages = batch.advantages.to(self.device)
+        for rows, width in self._micro_batches(batch.loss_mask > 0):
+            on = lambda x: None if x is None else x[rows, :width].to(self.device)  # noqa: E731  [b, t]
+            ids, old, mask, seq_ids, weights = map(on, (batch.input_ids, batch.old_logprobs, batch.loss_mask,
+                                                         batch.seq_ids, batch.token_weights))
+            logp, entropy = self._logprobs(ids, on(batch.position_ids), with_entropy=True)  # [b, t] each
+            part = _count_sequences(seq_ids, mask)
+            loss, m = opmd_loss(logp, old, mask, seq_ids.clamp(min=0), advantages, self.loss_config.tau,
+                                self.loss_config.level, weights)
             (loss * part / total).backward()
             with torch.no_grad():
-                gap = ((logp - batch.old_logprobs[rows]).abs() * mask).max().item() if mask.any() else 0.0
+                gap = ((logp - old).abs() * mask).max().item() if mask.any() else 0.0
+                if entropy is not None:
+                    entropy_sum += float((entropy * mask).sum())
+                    entropy_count += float(mask.sum())
             first_gap = max(first_gap, gap)
             for key, value in m.items():
                 metrics[key] = metrics.get(key, 0.0) + value * part / total
+        if entropy_count:
+            metrics["train/entropy"] = entropy_sum / entropy_count  # nats per loss token, at the sampling T
         if self.config.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             metrics["train/grad_norm"] = float(norm)
@@ -161,9 +228,9 @@ class Trainer:
     def current_logprobs(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
         """The current policy's log-prob of each response token, one [n_response] tensor each.
 
-        The sequences are packed into rows of `row_tokens` as for training and scored a chunk of
-        `micro_batch_rows` rows at a time (one forward per sequence cost ~6x more on the small
-        models measured in docs/rollout.md).
+        The sequences are packed into rows of `row_tokens` as for training and scored in the same
+        micro-batches (one forward per sequence cost ~6x more on the small models measured in
+        docs/rollout.md).
         """
         if not trajectories:
             return []
@@ -171,12 +238,10 @@ class Trainer:
         sequences = [t.prompt_ids + t.response_ids for t in trajectories]
         rows = pack(sequences, [], self.config.row_tokens, self.pad_id)
         out: list[torch.Tensor | None] = [None] * len(trajectories)
-        step = self.config.micro_batch_rows or rows.input_ids.shape[0]
-        for start in range(0, rows.input_ids.shape[0], step):
-            chunk = slice(start, start + step)
-            logp = token_logprobs(self.model, rows.input_ids[chunk], rows.position_ids[chunk],
-                                  self.temperature)  # [b, T]
-            for seq_row, seq_logp in zip(rows.seq_ids[chunk], logp):
+        for chunk, width in self._micro_batches(rows.seq_ids >= 0):
+            logp = self._logprobs(rows.input_ids[chunk, :width].to(self.device),
+                                  rows.position_ids[chunk, :width].to(self.device))[0].float().cpu()  # [b, t]
+            for seq_row, seq_logp in zip(rows.seq_ids[chunk, :width], logp):
                 for j in seq_row[seq_row >= 0].unique().tolist():
                     at = (seq_row == j).nonzero()  # this sequence's columns, contiguous
                     first = int(at[0]) + len(trajectories[j].prompt_ids)

@@ -9,6 +9,14 @@ trainer's OPMD log-ratios (SPEC §3) assume the new one. So `WeightSync` checks 
 engine scores a fixed probe sequence, and its per-token log-probs must equal the trainer's own
 (`longrl.models.token_logprobs`, temperature 1) within `tolerance`, or `WeightSyncError` is raised.
 Both sides in float32 agree to ~1e-6 here; one optimizer step moves them by ~1e-2 or more.
+
+The tolerance follows the engine's dtype (`default_sync_tolerance`). With `model.dtype =
+"bfloat16"` the trainer keeps float32 master weights (`device.py`) and the engine a bf16 copy, so
+the two sides differ by bf16 rounding even after a perfect push: 4e-3 nats on the tiny random
+model, and more on a trained model whose distributions are sharper (a bf16 logit of 20 is off by
+up to 0.06). A float32 tolerance would then fail every sync. The bf16 default, 0.25 nats, still
+catches a lost push once the policy has moved by more than that on some probe token, and a push
+that garbles a tensor at once; it cannot see a single small step (float32 engines can).
 """
 
 from __future__ import annotations
@@ -22,6 +30,24 @@ from longrl.models import encode_prompt, token_logprobs
 
 PROBE_QUESTION = "Probe: what is 12+34? Show the steps."
 PROBE_ANSWER = " 12+34: 2+4=6, 1+3=4, so the answer is 46. The quick brown fox jumps over the lazy dog."
+
+
+CONFIG_DEFAULT_TOLERANCE = 1e-3  # rollout.sync_check_tolerance's default: "follow the dtype"
+SYNC_TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "bfloat16": 0.25}  # nats; module docstring
+
+
+def default_sync_tolerance(dtype: str | torch.dtype) -> float:
+    """The probe tolerance for an engine that holds its weights in `dtype`."""
+    name = str(dtype).removeprefix("torch.")
+    if name not in SYNC_TOLERANCE:
+        raise ValueError(f"no weight-sync tolerance for dtype {name!r}: use one of {sorted(SYNC_TOLERANCE)}")
+    return SYNC_TOLERANCE[name]
+
+
+def sync_tolerance(configured: float, dtype: str | torch.dtype) -> float:
+    """`rollout.sync_check_tolerance` as given, or the dtype's default when it was left at the
+    config default (an explicit 1e-3 cannot be told apart from the default; it gets the dtype's)."""
+    return default_sync_tolerance(dtype) if configured == CONFIG_DEFAULT_TOLERANCE else configured
 
 
 class WeightSyncError(RuntimeError):

@@ -1,10 +1,13 @@
 """Packing, packed log-probs, and one OPMD training phase."""
 
+import math
+
+import pytest
 import torch
 
 from longrl.config import LossConfig, TrainConfig
 from longrl.models import load_model, token_logprobs
-from longrl.trainer import Trainer, build_train_batch, group_indices, pack
+from longrl.trainer import Trainer, build_train_batch, group_indices, micro_batches, pack, row_lengths
 from longrl.types import Prompt, Segment, Trajectory
 
 
@@ -98,3 +101,80 @@ def test_optimizer_is_reset_every_iteration(tiny_model_dir):
     assert trainer.optimizer is not first
     step = next(iter(trainer.optimizer.state.values()))["step"]
     assert float(step) == 1.0  # one step since the reset, not two
+
+
+def test_micro_batches_by_token_budget_by_hand():
+    # rows of 5, 3, 4, 2 tokens, budget 8: [5] (2 x 5 = 10 > 8), [3, 4] (2 x 4 = 8), [2]? no:
+    # 3 x 4 = 12 > 8, so [2] alone
+    assert micro_batches([5, 3, 4, 2], max_tokens=8) == [range(0, 1), range(1, 3), range(3, 4)]
+    assert micro_batches([9, 1], max_tokens=8) == [range(0, 1), range(1, 2)]  # too long: alone, unsplit
+    assert micro_batches([2, 2, 2, 2, 2], max_tokens=100, max_rows=2) == [range(0, 2), range(2, 4), range(4, 5)]
+    assert micro_batches([2, 2, 2], max_tokens=0, max_rows=0) == [range(0, 3)]
+    used = torch.tensor([[1, 1, 0, 1, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert row_lengths(used) == [4, 1, 1]
+
+
+class _KeepGradients:
+    """Stands in for the optimizer: keeps the accumulated gradients instead of stepping."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def step(self):
+        self.grads = {n: p.grad.clone() for n, p in self.model.named_parameters()}
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+
+def _step_gradients(model_dir, **train):
+    trainer = Trainer(load_model(model_dir), TrainConfig(row_tokens=8, **train), LossConfig(tau=0.1), pad_id=0)
+    trainer.optimizer = _KeepGradients(trainer.model)
+    trajectories = _trajectories()
+    batch = build_train_batch(trajectories, torch.linspace(-1, 1, 8), row_tokens=8, pad_id=0)
+    metrics = trainer.step(batch)
+    return trainer.optimizer.grads, metrics
+
+
+def test_token_budget_and_checkpointing_give_the_same_gradients(tiny_model_dir):
+    whole, whole_m = _step_gradients(tiny_model_dir)  # 8 rows of 7 tokens in one forward
+    for train in ({"max_tokens_per_micro_batch": 16}, {"micro_batch_rows": 3},  # 2 and 3 rows at a time
+                  {"gradient_checkpointing": True, "max_tokens_per_micro_batch": 24},
+                  {"logprob_chunk_tokens": 0}):
+        grads, m = _step_gradients(tiny_model_dir, **train)
+        assert m["loss/opmd"] == pytest.approx(whole_m["loss/opmd"], abs=1e-6), train
+        assert m["train/entropy"] == pytest.approx(whole_m["train/entropy"], abs=1e-5) if train.get(
+            "logprob_chunk_tokens", 1) else "train/entropy" not in m
+        for name, grad in whole.items():
+            torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-6, msg=f"{train} {name}")
+
+
+def test_gradient_checkpointing_is_switched_on(tiny_model_dir):
+    trainer = Trainer(load_model(tiny_model_dir), TrainConfig(gradient_checkpointing=True), LossConfig(), pad_id=0)
+    assert trainer.model.is_gradient_checkpointing
+
+
+def test_entropy_metric_is_a_per_token_entropy(tiny_model_dir):
+    trainer = Trainer(load_model(tiny_model_dir), TrainConfig(mini_batch_size=8), LossConfig(), pad_id=0,
+                      device="cpu")
+    metrics = trainer.train_iteration(_trajectories())
+    vocabulary = trainer.model.config.vocab_size
+    assert 0 < metrics["train/entropy"] <= math.log(vocabulary) + 1e-6
+
+
+def test_bf16_masters_keep_small_updates(tiny_model_dir):
+    # why float32 masters (longrl.device): a bf16 weight of 0.5 has a unit of 2^-8 = 0.0039, so an
+    # AdamW step of lr = 1e-5 rounds away; the float32 master keeps it
+    half = torch.tensor(0.5, dtype=torch.bfloat16)
+    assert half + 1e-5 == half
+    model = load_model(tiny_model_dir, "bfloat16")
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    trainer = Trainer(model, TrainConfig(lr=1e-5, mini_batch_size=8), LossConfig(), pad_id=0, dtype="bfloat16")
+    metrics = trainer.train_iteration(_trajectories())
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert math.isfinite(metrics["loss/opmd"])
+    # AdamW's first step moves every weight with a gradient by ~lr (here: lr·g/(|g| + eps) ≤ lr)
+    moved = [(p.detach() - before[n]).abs().max().item() for n, p in trainer.model.named_parameters()]
+    assert max(moved) == pytest.approx(1e-5, rel=0.05)
+    with pytest.raises(ValueError, match="float16"):
+        Trainer(load_model(tiny_model_dir), TrainConfig(), LossConfig(), pad_id=0, dtype="float16")

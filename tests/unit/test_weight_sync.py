@@ -7,7 +7,7 @@ from longrl.config import RolloutConfig
 from longrl.models import encode_prompt, load_model, load_tokenizer, token_logprobs
 from longrl.rollout.engine import HFEngine, make_engine
 from longrl.types import GenerationRequest, SamplingParams
-from longrl.weight_sync import WeightSync, WeightSyncError
+from longrl.weight_sync import WeightSync, WeightSyncError, default_sync_tolerance, sync_tolerance
 
 
 def _perturb(model, scale=0.02):
@@ -81,3 +81,28 @@ def test_three_greedy_segments_equal_one_greedy_run(trainer_and_engine):
             pre.extend(part.token_ids)
     for one, pre in zip(whole, prefixes):
         assert one.finish_reason == "length" and one.token_ids == pre
+
+
+def test_sync_tolerance_follows_the_dtype_when_left_at_its_default():
+    assert default_sync_tolerance("float32") == 1e-3
+    assert default_sync_tolerance(torch.bfloat16) == 0.25
+    assert sync_tolerance(1e-3, "bfloat16") == 0.25  # the config default: follow the dtype
+    assert sync_tolerance(1e-3, "float32") == 1e-3
+    assert sync_tolerance(0.5, "bfloat16") == 0.5  # set on purpose: kept
+    assert sync_tolerance(0.0, "bfloat16") == 0.0  # the check turned off stays off
+    with pytest.raises(ValueError, match="int8"):
+        default_sync_tolerance("int8")
+
+
+def test_bf16_engine_passes_after_a_push_and_catches_a_lost_one(tiny_model_dir, forgetful):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir, "bfloat16")
+    engine = make_engine(RolloutConfig(engine="hf", batch_size=16), model, tok, seed=0)  # a bf16 copy
+    model.float()  # the trainer's float32 masters (longrl.device)
+    _perturb(model)
+    tolerance = sync_tolerance(RolloutConfig().sync_check_tolerance, "bfloat16")
+    metrics = WeightSync(model, engine, tok, tolerance=tolerance)(iteration=1)
+    assert 0 < metrics["sync/probe_max_diff"] < 0.02  # bf16 rounding only (4e-3 measured)
+    _perturb(model, scale=0.5)  # a policy far from the engine's
+    with pytest.raises(WeightSyncError, match="tol 0.25"):
+        WeightSync(model, forgetful(engine), tok, tolerance=tolerance)(iteration=2)

@@ -153,6 +153,20 @@ class TrainConfig:
     epochs: int = opt(1, "Passes over the iteration's samples (steps = epochs * N / mini_batch).")
     row_tokens: int = opt(2048, "Tokens per packed row in the forward pass.")
     micro_batch_rows: int = opt(0, "Rows per forward/backward (gradient accumulation); 0 = all.")
+    max_tokens_per_micro_batch: int = opt(
+        0, "Token budget of one forward/backward: packed rows are grouped so that rows x longest "
+           "row (padding included) stays within it; a longer single row goes alone. 0 = off "
+           "(micro_batch_rows decides). On one GPU, e.g. 32768 with row_tokens <= that.")
+    device: str = opt("auto", "Where the trainer runs: auto (CUDA when available, else CPU), cpu, "
+                      "cuda or cuda:N. The engine shares it (colocated).")
+    gradient_checkpointing: bool = opt(
+        False, "Recompute each decoder layer's activations in backward instead of keeping them "
+               "(transformers' gradient_checkpointing_enable): ~1/3 more compute, activation memory "
+               "of one layer instead of all. On for long contexts.")
+    logprob_chunk_tokens: int = opt(
+        1024, "Tokens per chunk through the LM head when computing log-probs (longrl.logprobs): "
+              "the largest logits tensor is chunk x vocabulary float32 (1024 x 152k = 0.6 GB). "
+              "0 = the plain path through the full [B, T, V] logits.")
     reset_optimizer: bool = opt(True, "Reset AdamW state every iteration (SPEC §3).")
     recompute_old_logprobs: bool = opt(
         False, "Recompute π_θi log-probs with the trainer before the first step instead of "

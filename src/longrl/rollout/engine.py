@@ -252,8 +252,9 @@ class HFEngine:
         running = torch.ones(B, dtype=torch.bool, device=device)  # [b]: finished rows wait to be dropped
         next_pos = positions[:, -1] + 1  # [b]
         for step in range(S):
-            uniform = torch.rand(B, generator=self.generator)[live]  # drawn for all B rows: see docstring
-            tok, lp = sample_next(logits, params.temperature, params.top_p, uniform.to(device))  # [b], [b]
+            # drawn for all B rows on the CPU generator (see docstring), then picked on the device
+            uniform = torch.rand(B, generator=self.generator).to(device)[live]  # [b]
+            tok, lp = sample_next(logits, params.temperature, params.top_p, uniform)  # [b], [b]
             at = running.nonzero().squeeze(-1)  # [r]: rows still generating, in the running batch
             rows, new = live[at], tok[at]  # [r], [r]
             tokens[rows, step], logprobs[rows, step] = new, lp[at]
