@@ -31,12 +31,21 @@ stage() {  # stage NAME SECONDS COMMAND...: run under timeout, log to $OUT/NAME.
     [ "$rc" -eq 0 ] || failed+=("$name(exit $rc)")
 }
 
+STAGES=${STAGES:-"train rollout partial tests loop"}  # e.g. STAGES=loop bash scripts/gpu_check.sh
+wants() { [[ " $STAGES " == *" $1 "* ]]; }
 bench=("$PYTHON" benchmarks/gpu_train.py --out "$OUT")  # an array: `timeout` cannot run a function
-stage train 120 "${bench[@]}" --stage train
-stage rollout 70 "${bench[@]}" --stage rollout
-stage partial 100 "${bench[@]}" --stage partial
+wants train && stage train 120 "${bench[@]}" --stage train
+wants rollout && stage rollout 70 "${bench[@]}" --stage rollout
+wants partial && stage partial 100 "${bench[@]}" --stage partial
 # only the GPU tests' file: other test modules import extras absent on a bare GPU machine
-stage tests 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/unit/test_gpu.py
+wants tests && stage tests 90 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/unit/test_gpu.py
+# the whole RL loop with policy, engine and trainer on the GPU: a short SFT warm-up (on the CPU),
+# then RL with train.device = cuda; its metrics.jsonl comes back as loop_metrics.jsonl
+loop=("$PYTHON" -m longrl.cli)
+wants loop && stage loop_sft 60 "${loop[@]}" sft configs/sft.toml "out_dir=$OUT/runs" steps=120 --no-progress
+wants loop && stage loop 150 "${loop[@]}" train configs/default.toml "out_dir=$OUT/runs" \
+    "model.path=$OUT/runs/sft/final" iterations=8 eval.every=0 eval.num_prompts=100 train.device=cuda --no-progress
+wants loop && cp "$OUT/runs/rl/metrics.jsonl" "$OUT/loop_metrics.jsonl" 2>/dev/null
 
 "$PYTHON" - "$OUT" <<'PY'
 import json, sys
