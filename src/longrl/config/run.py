@@ -325,6 +325,33 @@ class DataConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """The same loop on a Ray cluster with an FSDP2 trainer group (`longrl.cluster`, docs/cluster.md)."""
+
+    enabled: bool = opt(False, "Run on Ray: rollout workers, reward workers and FSDP2 trainer ranks as "
+                        "actors; the driver (this process) is the master. false = one process.")
+    address: str = opt("", "Ray cluster to join ('' = $RAY_ADDRESS if set, else start a local instance).")
+    num_cpus: int = opt(0, "CPUs of a local Ray instance (0 = all of this machine's).")
+    trainer_ranks: int = opt(2, "FSDP2 ranks of the trainer group (one process each).")
+    rollout_workers: int = opt(2, "Rollout actors, each holding an engine (`rollout.engine`).")
+    reward_workers: int = opt(1, "Reward actors that score while generation continues (0 = score in the driver).")
+    placement: Literal["colocated", "split"] = opt(
+        "colocated", "`colocated`: trainer ranks and engines share the devices (engines sleep during "
+                     "training where the platform can); `split`: separate device pools.")
+    gpus_per_trainer_rank: float = opt(0.0, "GPUs each trainer rank asks Ray for (0 on CPU).")
+    gpus_per_rollout_worker: float = opt(0.0, "GPUs each rollout actor asks Ray for (0 on CPU; with "
+                                         "`colocated`, a fraction such as 0.5 shares a rank's GPU).")
+    backend: Literal["auto", "gloo", "nccl"] = opt("auto", "torch.distributed backend of the trainer "
+                                                   "group: auto = nccl on GPUs, gloo on CPU.")
+    cpu_offload: bool = opt(False, "FSDP2: keep parameters and optimizer state in CPU memory between uses.")
+    sync_bucket_mb: int = opt(256, "Weight sync: tensors travel to the engines in buckets of about this size.")
+
+    def __post_init__(self) -> None:
+        if self.trainer_ranks < 1 or self.rollout_workers < 1 or self.reward_workers < 0:
+            raise ConfigError("cluster: need trainer_ranks >= 1, rollout_workers >= 1, reward_workers >= 0")
+
+
+@dataclass
 class RunConfig:
     """An RL run (`longrl train`)."""
 
@@ -346,6 +373,7 @@ class RunConfig:
     repetition: RepetitionConfig = field(default_factory=RepetitionConfig)
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         if self.rollout.samples_per_prompt < 2 and self.loss.baseline == "mean":
