@@ -53,7 +53,10 @@ def cmd_train(argv: list[str]) -> int:
     else:
         path, overrides = _split_config_arg(args)
         run = loop.setup(load_config(RunConfig, path, overrides))
-    summary = loop.train(run, show_progress=not args.no_progress)
+    try:
+        summary = loop.train(run, show_progress=not args.no_progress)
+    finally:
+        loop.close(run)  # cluster actors, and Ray when this command started it
     print(f"run directory: {run.dir}")
     _write_report(run.dir)
     if "start/pass@1" in summary and "end/pass@1" in summary:

@@ -5,8 +5,10 @@ Each iteration i:
     -> weight sync into the engine -> evaluate on the held-out split (periodically)
     -> log -> checkpoint (periodically)
 
-Trainer and engine live in this process (colocated). The run directory holds everything a
-resumed run needs: `config.toml`, `metrics.jsonl`, TensorBoard events, `samples/`,
+Trainer and engine live in this process (colocated), or, with `cluster.enabled`, behind the
+same methods on Ray actors (`longrl.cluster`: an engine pool, reward actors, a trainer group and
+a weight sync to every engine); `iteration` is the same code either way. The run directory holds
+everything a resumed run needs: `config.toml`, `metrics.jsonl`, TensorBoard events, `samples/`,
 `checkpoints/<iter>/` and, at the end, the final model in `final/`.
 """
 
@@ -27,7 +29,7 @@ from longrl.device import resolve_device
 from longrl.errors import LongrlError
 from longrl.evaluate import evaluate
 from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
-from longrl.models import encode_prompt, load_policy
+from longrl.models import encode_prompt, load_policy, load_tokenizer
 from longrl.rewards.length import add_length_reward, length_weight
 from longrl.rewards.registry import build_rewards
 from longrl.rewards.score import score
@@ -74,14 +76,22 @@ class Run:
     config: RunConfig
     dir: Path
     tokenizer: object
-    trainer: Trainer
+    trainer: Trainer  # or a `cluster.TrainerGroup`: the methods called here exist on both
     engine: InferenceEngine
     sampler: Sampler
     buffer: ReplayBuffer
     rewards: dict
     eval_prompts: list[Prompt]
-    sync: WeightSync
+    sync: WeightSync  # or a `cluster.ClusterSync`: sync(iteration) -> metrics
     iteration: int = 0
+    cluster: object | None = None  # the `cluster.Cluster` whose actors this run holds
+
+
+def close(run: Run) -> None:
+    """End the run's cluster actors (and Ray, when the run started it); nothing in one process."""
+    if run.cluster is not None:
+        run.cluster.close()
+        run.cluster = None
 
 
 def prompt_sets(config: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
@@ -97,6 +107,8 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     run_dir = Path(config.out_dir) / config.name
+    if config.cluster.enabled:
+        return setup_on_cluster(config, str(model_path or config.model.path), run_dir)
     model, tokenizer = load_policy(model_path or config.model.path, config.model.dtype)
     device = resolve_device(config.train.device)
     model = model.to(device)  # the colocated engine copies the weights from here, on the same device
@@ -112,11 +124,50 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
                ReplayBuffer(config.partial.max_unfinished), rewards, eval_prompts, sync)
 
 
+def setup_on_cluster(config: RunConfig, model_path: str, run_dir: Path) -> Run:
+    """`setup` with `cluster.enabled`: the driver holds the tokenizer, sampler and buffer; engines,
+    trainer ranks and (with `cluster.reward_workers`) rewards are Ray actors (`longrl.cluster`)."""
+    from longrl.cluster import setup_cluster  # ray is an optional extra
+
+    tokenizer = load_tokenizer(model_path)
+    train_pool, eval_prompts = prompt_sets(config)
+    cluster = setup_cluster(config, model_path, tokenizer)
+    rewards = cluster.rewards if cluster.rewards is not None else build_rewards(config.reward)
+    return Run(config, run_dir, tokenizer, cluster.trainer, cluster.engine,
+               make_sampler(config.sampler, train_pool, config.seed), ReplayBuffer(config.partial.max_unfinished),
+               rewards, eval_prompts, cluster.sync, cluster=cluster)
+
+
+def save_model(trainer, tokenizer, path: Path) -> None:
+    """The policy and tokenizer as a Hugging Face directory: through the trainer's own
+    `save_pretrained` where it has one (a trainer group or a sharded trainer gathers first)."""
+    if hasattr(trainer, "save_pretrained"):
+        trainer.save_pretrained(path, tokenizer)
+    else:
+        trainer.model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+
+
+def save_optimizer(trainer, path: Path):
+    """What `trainer_state.pt` records of the optimizer: its state dict, or "state/" when the
+    trainer writes its (possibly sharded) state itself under `path/state`."""
+    if hasattr(trainer, "save_state"):
+        trainer.save_state(path / "state")
+        return "state/"
+    return trainer.optimizer.state_dict()
+
+
+def load_optimizer(trainer, checkpoint: Path, saved) -> None:
+    if saved == "state/":
+        trainer.load_state(checkpoint / "state")
+    elif saved is not None:
+        trainer.optimizer.load_state_dict(saved)
+
+
 def save_checkpoint(run: Run, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    run.trainer.model.save_pretrained(path)
-    run.tokenizer.save_pretrained(path)
-    optimizer = None if run.config.train.reset_optimizer else run.trainer.optimizer.state_dict()
+    save_model(run.trainer, run.tokenizer, path)
+    optimizer = None if run.config.train.reset_optimizer else save_optimizer(run.trainer, path)
     # the HF engine samples from its own torch generator; vLLM is seeded once at construction,
     # so a resumed vLLM run continues with fresh sampling randomness
     generator = getattr(run.engine, "generator", None)
@@ -154,8 +205,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     if state["engine_rng"] is not None and getattr(run.engine, "generator", None) is not None:
         run.engine.generator.set_state(state["engine_rng"])
     run.trainer.rng.setstate(state["trainer_rng"])
-    if state["optimizer"] is not None:
-        run.trainer.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer(run.trainer, checkpoint, state["optimizer"])
     return run
 
 
@@ -233,7 +283,5 @@ def train(run: Run, show_progress: bool = True) -> dict[str, float]:
     finally:
         for sink in (*sinks, progress):
             sink.close()
-    final = run.dir / "final"
-    run.trainer.model.save_pretrained(final)
-    run.tokenizer.save_pretrained(final)
+    save_model(run.trainer, run.tokenizer, run.dir / "final")
     return summary

@@ -112,3 +112,31 @@ class WeightSync:
         if engine_lp.shape != trainer_lp.shape:
             return math.inf
         return float((engine_lp - trainer_lp).abs().max())
+
+
+def probe_diff(engine_logprobs, trainer_logprobs) -> float:
+    """max |engine - trainer| over the probe tokens; inf when their lengths differ."""
+    engine_lp, trainer_lp = torch.tensor(list(engine_logprobs)), torch.tensor(list(trainer_logprobs))
+    if engine_lp.shape != trainer_lp.shape:
+        return math.inf
+    return float((engine_lp - trainer_lp).abs().max())
+
+
+def check_engines(trainer_logprobs, engine_logprobs: dict[str, list[float]], tolerance: float,
+                  iteration: int) -> dict[str, float]:
+    """The sync probe on several engines (a cluster's rollout workers), each named by its key.
+
+    `trainer_logprobs` are the trainer's temperature-1 log-probs of the probe's answer tokens,
+    `engine_logprobs[name]` each engine's. Every engine must agree within `tolerance`; otherwise
+    `WeightSyncError` names each engine that does not. Returns `sync/probe_max_diff` (over all
+    engines) and `sync/engines_checked`.
+    """
+    diffs = {name: probe_diff(lp, trainer_logprobs) for name, lp in engine_logprobs.items()}
+    failed = {name: d for name, d in diffs.items() if not d <= tolerance}  # NaN fails too
+    if failed:
+        listed = ", ".join(f"{name} (by {d:.3g})" for name, d in failed.items())
+        raise WeightSyncError(
+            f"after sync at iteration {iteration}, {len(failed)} of {len(diffs)} engines differ from the "
+            f"trainer's log-probs by more than tol {tolerance:g}: {listed}; their weights were not "
+            "reloaded (see rollout.sync_check_tolerance)")
+    return {"sync/probe_max_diff": max(diffs.values(), default=0.0), "sync/engines_checked": float(len(diffs))}

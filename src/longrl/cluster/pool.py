@@ -1,0 +1,197 @@
+"""Rollout actors and `EnginePool`, the `InferenceEngine` the driver's loop samples through.
+
+Each `RolloutWorker` is a Ray actor holding one engine built by `make_engine` (transformers or
+vLLM, `rollout.engine`) from the model directory. `EnginePool.generate` cuts the requests into
+one contiguous chunk per worker, sends them all, and puts the completions back in request order.
+
+Faults. A worker that dies (`ray.exceptions.RayActorError`: killed, out of memory, its node
+lost) is replaced by a new actor with a new sampling seed; `restore(index)` (set by `ClusterSync`)
+pushes the trainer's current weights into it and runs the sync probe on it; then the dead
+worker's chunk, and only that chunk, is issued again. A chunk's completions come back whole or
+not at all, so no request is lost or answered twice. A worker that dies `MAX_RESTARTS` times in
+one call stops the run with `ClusterError` (a fault that repeats, e.g. a model that does not fit).
+
+Not covered: a worker that hangs without dying (no timeout), and a lost driver (the run stops;
+`--resume` continues from the last checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import ray
+import torch
+from ray.exceptions import RayActorError
+
+from longrl.cluster.errors import ClusterError
+from longrl.types import Completion, GenerationRequest, SamplingParams
+
+MAX_RESTARTS = 3  # per worker and call; module docstring
+
+
+def prepare_actor(threads: int) -> None:
+    """An actor process's torch threads: `threads` when set, else 1 (torch's default of one
+    thread per core oversubscribes a machine shared by N actors); no progress bars in its log."""
+    import transformers
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads or 1)
+
+
+class RolloutWorker:
+    """One engine in one actor process. `engine_factory` replaces `make_engine` (tests inject faults)."""
+
+    def __init__(self, model_path: str, config, seed: int, engine_factory: Callable | None = None):
+        from longrl.device import resolve_device
+        from longrl.models import load_policy
+        from longrl.rollout.engine import make_engine
+
+        prepare_actor(config.threads)
+        model, tokenizer = load_policy(model_path, config.model.dtype)
+        model = model.to(resolve_device(config.train.device))
+        self.engine = (engine_factory or make_engine)(config.rollout, model, tokenizer, seed=seed)
+
+    def pads_contexts(self) -> bool:
+        return getattr(self.engine, "pads_contexts", True)
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
+        return self.engine.generate(requests, params)
+
+    def load_weights(self, buckets: Sequence[ray.ObjectRef]) -> float:
+        """Load the weights bucket by bucket (each a list of (name, tensor)); returns seconds.
+
+        The refs arrive unresolved (nested in a list), so only one bucket is in this process at
+        a time beside the engine's own weights.
+        """
+        start = time.perf_counter()
+        for ref in buckets:
+            self.engine.load_weights(ray.get(ref))
+        return time.perf_counter() - start
+
+    def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
+              temperature: float = 1.0) -> list[list[float]]:
+        return self.engine.score(sequences, prompt_lens, temperature)
+
+    def sleep(self) -> None:
+        self.engine.sleep()
+
+    def wake(self) -> None:
+        self.engine.wake()
+
+
+def chunks(n: int, parts: int) -> list[range]:
+    """`range(n)` cut into `parts` contiguous ranges whose sizes differ by at most one (some empty)."""
+    size, extra = divmod(n, parts)
+    out, at = [], 0
+    for i in range(parts):
+        step = size + (i < extra)
+        out.append(range(at, at + step))
+        at += step
+    return out
+
+
+class EnginePool:
+    """An `InferenceEngine` over N rollout actors (module docstring).
+
+    `spawn(index, generation)` creates the actor for slot `index`; `generation` counts its
+    restarts (the worker's seed depends on it, so a replacement does not replay the dead one's
+    draws). `restore(index)` brings a fresh actor to the trainer's current weights and checks it.
+    """
+
+    def __init__(self, spawn: Callable[[int, int], ray.actor.ActorHandle], size: int):
+        self.spawn, self.size = spawn, size
+        self.generations = [0] * size
+        self.workers = [spawn(i, 0) for i in range(size)]
+        self.restore: Callable[[int], None] = lambda index: None
+        self.pads_contexts = ray.get(self.workers[0].pads_contexts.remote())
+        self.restarts = 0  # since the last `take_fault_metrics`
+        self.reissued = 0
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def restart(self, index: int) -> None:
+        """Replace worker `index` by a new actor holding the current weights (checked)."""
+        self.generations[index] += 1
+        try:
+            ray.kill(self.workers[index])
+        except Exception:  # noqa: BLE001 - it is already gone
+            pass
+        self.workers[index] = self.spawn(index, self.generations[index])
+        self.restore(index)
+        self.restarts += 1
+
+    def take_fault_metrics(self) -> dict[str, float]:
+        """`cluster/rollout_restarts`, `cluster/reissued_requests` since the last call."""
+        out = {"cluster/rollout_restarts": float(self.restarts), "cluster/reissued_requests": float(self.reissued)}
+        self.restarts = self.reissued = 0
+        return out
+
+    def _gather(self, submit: Callable[[int, range], ray.ObjectRef], parts: list[range], what: str) -> list:
+        """Run `submit(worker, part)` for every non-empty part; on a dead worker restart it and
+        submit its part again. Returns each part's result, in part order."""
+        results: list = [None] * len(parts)
+        pending = {submit(i, part): i for i, part in enumerate(parts) if len(part)}
+        deaths = [0] * len(parts)
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+            except RayActorError as exc:
+                deaths[i] += 1
+                if deaths[i] > MAX_RESTARTS:
+                    raise ClusterError(f"rollout worker {i} died {deaths[i]} times during one {what} "
+                                       f"call (last: {type(exc).__name__}); the fault repeats: see its "
+                                       "log under /tmp/ray/session_latest/logs") from exc
+                self.restart(i)
+                self.reissued += len(parts[i])
+                pending[submit(i, parts[i])] = i
+        return results
+
+    # -- the InferenceEngine protocol ---------------------------------------------------------------
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
+        parts = chunks(len(requests), self.size)
+        params_ref = ray.put(params)
+        out = self._gather(lambda i, part: self.workers[i].generate.remote(
+            [requests[j] for j in part], params_ref), parts, "generate")
+        return [c for part in out if part for c in part]
+
+    def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
+              temperature: float = 1.0) -> list[list[float]]:
+        parts = chunks(len(sequences), self.size)
+        out = self._gather(lambda i, part: self.workers[i].score.remote(
+            [sequences[j] for j in part], [prompt_lens[j] for j in part], temperature), parts, "score")
+        return [lp for part in out if part for lp in part]
+
+    def score_each(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
+                   temperature: float = 1.0) -> list[list[list[float]]]:
+        """Every worker scores all of `sequences` (the sync probe); one list per worker."""
+        whole = [range(len(sequences))] * self.size
+        return self._gather(lambda i, _: self.workers[i].score.remote(
+            list(sequences), list(prompt_lens), temperature), whole, "sync check")
+
+    def push(self, index: int, buckets: list[ray.ObjectRef]) -> ray.ObjectRef:
+        """Send the weight buckets to worker `index` (one call; `load_weights_refs` sends to all)."""
+        return self.workers[index].load_weights.remote(buckets)
+
+    def load_weights_refs(self, buckets: list[ray.ObjectRef]) -> float:
+        """Every worker loads the buckets, in parallel; the slowest worker's seconds."""
+        whole = [range(1)] * self.size
+        return max(self._gather(lambda i, _: self.push(i, buckets), whole, "load_weights"))
+
+    def load_weights(self, state: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.load_weights_refs([ray.put([(n, t.detach().cpu()) for n, t in state])])
+
+    def sleep(self) -> None:
+        self._gather(lambda i, _: self.workers[i].sleep.remote(), [range(1)] * self.size, "sleep")
+
+    def wake(self) -> None:
+        self._gather(lambda i, _: self.workers[i].wake.remote(), [range(1)] * self.size, "wake")
+
+    def shutdown(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)

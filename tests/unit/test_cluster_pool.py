@@ -1,0 +1,155 @@
+"""EnginePool, ClusterSync and TrainerGroup on a local Ray instance with a tiny model.
+
+One Ray instance and one cluster (1 trainer rank, 2 rollout workers) are shared by the module.
+Rollout worker 1's first engine exits its process on its first `generate` (`_faulty_engine`),
+so the first generation exercises the restart path; the tests are written to run in file order.
+"""
+
+import os
+import threading
+import time
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+import ray.cloudpickle  # noqa: E402,I001
+
+from longrl.cluster import TrainerRankError, setup_cluster  # noqa: E402
+from longrl.cluster.setup import worker_seed  # noqa: E402
+from longrl.config import RunConfig, load_config  # noqa: E402
+from longrl.models import encode_prompt, load_policy, load_tokenizer  # noqa: E402
+from longrl.rollout.engine import HFEngine, make_engine  # noqa: E402
+from longrl.types import GenerationRequest, SamplingParams, Trajectory, Prompt  # noqa: E402
+from longrl.weight_sync import WeightSyncError  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(__import__(__name__))  # the engine factory travels by value
+SEED = 3
+SLOW_S = 3.0
+
+
+class _Faulty:
+    """Worker 1's first engine exits on its first generate; any engine sleeps while `slow` exists."""
+
+    def __init__(self, engine, exits: bool, slow: str):
+        self.engine, self.exits, self.slow = engine, exits, slow
+
+    def generate(self, requests, params):
+        if self.exits:
+            os._exit(1)
+        if os.path.exists(self.slow):
+            time.sleep(SLOW_S)
+        return self.engine.generate(requests, params)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def _faulty_engine(slow: str):
+    def factory(config, model, tokenizer, seed):
+        return _Faulty(make_engine(config, model, tokenizer, seed), seed == worker_seed(SEED, 1, 0), slow)
+    return factory
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir, tmp_path_factory):
+    ray.init(num_cpus=4, include_dashboard=False)
+    config = load_config(RunConfig, None, [f"model.path={tiny_model_dir}", f"seed={SEED}", "threads=1",
+                                           "cluster.enabled=true", "cluster.trainer_ranks=1",
+                                           "cluster.rollout_workers=2", "cluster.reward_workers=0",
+                                           "train.lr=1e-2", "train.mini_batch_size=8"])
+    slow = str(tmp_path_factory.mktemp("flags") / "slow")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    made = setup_cluster(config, str(tiny_model_dir), tokenizer, engine_factory=_faulty_engine(slow))
+    yield made, tokenizer, slow
+    made.close()
+    ray.shutdown()
+
+
+def _requests(tokenizer, n):
+    return [GenerationRequest(encode_prompt(tokenizer, f"what is {i}+{2 * i}?")) for i in range(n)]
+
+
+def test_dead_worker_loses_nothing_and_reissues_only_its_chunk(cluster, tiny_model_dir):
+    made, tokenizer, _ = cluster
+    requests = _requests(tokenizer, 7)
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
+    out = made.engine.generate(requests, greedy)  # worker 1 (requests 4..6) exits and is replaced
+    faults = made.engine.take_fault_metrics()
+    assert faults == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0}
+    model, _ = load_policy(tiny_model_dir)
+    expected = HFEngine(model, tokenizer, seed=SEED).generate(requests, greedy)
+    assert [c.token_ids for c in out] == [c.token_ids for c in expected]  # order and content
+    assert [c.finish_reason for c in out] == [c.finish_reason for c in expected]
+    torch.testing.assert_close([torch.tensor(c.logprobs) for c in out],
+                               [torch.tensor(c.logprobs) for c in expected], atol=1e-5, rtol=0)
+
+
+def test_sampled_completions_come_back_in_order_with_their_caps(cluster):
+    made, tokenizer, _ = cluster
+    requests = [GenerationRequest(encode_prompt(tokenizer, f"q{i}"), max_new_tokens=1 + i) for i in range(5)]
+    out = made.engine.generate(requests, SamplingParams(temperature=1.0, max_new_tokens=64))
+    assert [len(c.token_ids) <= 1 + i for i, c in enumerate(out)] == [True] * 5
+    assert len(out) == 5 and all(len(c.logprobs) == len(c.token_ids) for c in out)
+    assert made.engine.take_fault_metrics()["cluster/rollout_restarts"] == 0
+
+
+def test_worker_killed_during_generate_is_replaced_with_current_weights(cluster):
+    made, tokenizer, slow = cluster
+    requests = _requests(tokenizer, 6)
+    open(slow, "w").close()  # every engine now sleeps SLOW_S in generate: the kill lands mid-call
+    killer = threading.Timer(SLOW_S / 3, ray.kill, [made.engine.workers[0]])
+    killer.start()
+    try:
+        out = made.engine.generate(requests, SamplingParams(temperature=1.0, max_new_tokens=8))
+    finally:
+        killer.join()
+        os.remove(slow)
+    assert len(out) == 6 and all(c.token_ids for c in out)
+    assert made.engine.take_fault_metrics() == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0}
+
+
+def _train_once(made, tokenizer):
+    """One training phase with alternating rewards: the trainer's weights move."""
+    prompts = [Prompt(id=f"p{i}", text=f"what is {i}+1?") for i in range(2)]
+    trajectories = []
+    for p in prompts:
+        ids = encode_prompt(tokenizer, p)
+        trajectories += [Trajectory(p, j, ids) for j in range(4)]
+    from longrl.rollout.sample import extend
+
+    extend(made.engine, tokenizer, [(t, None) for t in trajectories], SamplingParams(max_new_tokens=8), 0)
+    for j, t in enumerate(trajectories):
+        t.reward = float(j % 2)
+    return made.trainer.train_iteration(trajectories)
+
+
+def test_sync_reaches_and_checks_every_engine(cluster):
+    made, tokenizer, _ = cluster
+    _train_once(made, tokenizer)
+    metrics = made.sync(1)
+    assert metrics["sync/engines_checked"] == 2.0
+    assert metrics["sync/probe_max_diff"] <= 1e-5
+    trainer_lp = made.trainer.probe_logprobs(made.sync.probe_ids, made.sync.prompt_len)
+    for engine_lp in made.engine.score_each([made.sync.probe_ids], [made.sync.prompt_len]):
+        torch.testing.assert_close(torch.tensor(engine_lp[0]), torch.tensor(trainer_lp), atol=1e-5, rtol=0)
+
+
+def test_sync_that_skips_one_engine_fails_naming_it(cluster, monkeypatch):
+    made, tokenizer, _ = cluster
+    _train_once(made, tokenizer)
+    push = made.engine.push
+    monkeypatch.setattr(made.engine, "push", lambda i, buckets: push(i, [] if i == 1 else buckets))
+    with pytest.raises(WeightSyncError, match=r"1 of 2 engines .*rollout worker 1 \(by") as caught:
+        made.sync(2)
+    assert "rollout worker 0" not in str(caught.value)
+    monkeypatch.undo()
+    assert made.sync(2)["sync/engines_checked"] == 2.0  # a full push repairs it
+
+
+def test_dead_trainer_rank_stops_with_its_rank_named(cluster):
+    made, tokenizer, _ = cluster
+    ray.kill(made.trainer.actors[0])
+    with pytest.raises(TrainerRankError, match=r"trainer rank 0 of 1 died during current_logprobs.*--resume"):
+        made.trainer.current_logprobs([])
