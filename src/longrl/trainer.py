@@ -20,18 +20,31 @@ decoder layer recomputes its activations in backward.
 trainer recomputes them before the first step. Either way the largest gap between the engine's
 and the trainer's numbers is logged as `train/old_logprob_max_diff` (SPEC §3 asks to record it).
 
+One rank of N (`distributed=True`, `longrl.distributed`): the policy is sharded with FSDP2
+(each decoder layer, then the root) and every rank runs the same calls on the same arguments.
+Each mini-batch is split over the ranks by tokens (`split_by_tokens`); each rank packs and runs
+its share, its loss normalised by the sequences of *all* ranks, and FSDP2 sums the gradients
+over ranks (`distributed.shard_model`), so the step is the one-process step on the whole
+mini-batch up to summation order. Every forward gathers shards (a collective), so a rank with
+fewer micro-batches runs empty ones (one row of padding, no loss token) until all have run as
+many. Metrics are reduced over ranks: every rank returns the same dict, and the same values as
+one process (sequence means, token means, maxima, the global gradient norm).
+
 Shape legend: B packed rows, T tokens per row, N sequences.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from longrl import distributed as group
 from longrl.config import LossConfig, TrainConfig
 from longrl.device import attention_implementation, autocast, compute_dtype
 from longrl.logprobs import policy_logprobs, supports_chunked
@@ -148,14 +161,74 @@ def group_indices(trajectories: Sequence[Trajectory]) -> torch.Tensor:
     return torch.tensor([index.setdefault(t.group_key, len(index)) for t in trajectories])
 
 
+def split_by_tokens(lengths: Sequence[int], parts: int) -> list[list[int]]:
+    """Deal sequences of `lengths` tokens to `parts` ranks with balanced token counts.
+
+    Greedy, longest first: each sequence goes to the part with the fewest tokens so far (ties:
+    the lower part). Deterministic, so every rank computes the same split; each part lists its
+    indices in increasing order. A part may be empty when there are fewer sequences than parts.
+    """
+    load = [0] * parts
+    out: list[list[int]] = [[] for _ in range(parts)]
+    for j in sorted(range(len(lengths)), key=lambda j: (-lengths[j], j)):
+        least = min(range(parts), key=lambda r: (load[r], r))
+        out[least].append(j)
+        load[least] += lengths[j]
+    return [sorted(part) for part in out]
+
+
+# Loss metrics that are means over loss tokens (the others from `opmd_loss` are means over
+# sequences): micro-batches and ranks are weighted by their tokens, so each is the mean over all
+# loss tokens of the mini-batch, however it was split.
+_TOKEN_MEANS = ("loss/log_ratio_abs_mean", "loss/kl_to_sampler")
+
+
+@contextlib.contextmanager
+def _one_process_checkpoint():
+    """Silence torch.distributed.checkpoint's warning that it runs in one process: here that is
+    what was asked for (a trainer outside a group)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+class _Policy(torch.nn.Module):
+    """The forward the trainer calls: per-token log-probs (and entropies) of packed rows.
+
+    Its own module so that FSDP2 can make it the root unit: the chunked path runs the decoder
+    and the LM head separately (`logprobs.policy_logprobs`), outside the Hugging Face model's
+    forward, and the root's forward is where FSDP2 gathers the embeddings, final norm and head.
+    """
+
+    def __init__(self, model: torch.nn.Module, temperature: float, chunk_tokens: int):
+        super().__init__()
+        self.model = model
+        self.temperature, self.chunk_tokens = temperature, chunk_tokens
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[b, T] ids and positions -> (log-probs [b, T], entropies [b, T] or None)."""
+        chunk = self.chunk_tokens
+        if with_entropy and chunk > 0 and supports_chunked(self.model):
+            return policy_logprobs(self.model, input_ids, position_ids, self.temperature, chunk, True)
+        return token_logprobs(self.model, input_ids, position_ids, self.temperature, chunk), None
+
+
 class Trainer:
-    """Owns the policy and runs the training phase of each iteration."""
+    """Owns the policy and runs the training phase of each iteration, in one process or as one
+    rank of an FSDP2 group (module docstring)."""
 
     def __init__(self, model, train: TrainConfig, loss: LossConfig, pad_id: int,
                  temperature: float = 1.0, seed: int = 0, device: torch.device | str | None = None,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", distributed: bool = False, cpu_offload: bool = False):
         """`device`: where to train (None: where the model is); `dtype`: `model.dtype`, the compute
-        precision. The model is moved there and its weights become float32 masters (device.py)."""
+        precision. The model is moved there and its weights become float32 masters (device.py).
+
+        `distributed`: with a default process group of more than one rank (`distributed.
+        init_group`), shard the policy with FSDP2 over all its ranks; every rank then builds its
+        Trainer with the same arguments (and `seed`) and calls each public method in the same
+        order. `cpu_offload`: FSDP2 keeps shards and optimizer state in CPU memory (only with a
+        group)."""
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.compute_dtype = compute_dtype(dtype)
         self.model = model.to(self.device, dtype=torch.float32)
@@ -168,12 +241,36 @@ class Trainer:
         if train.gradient_checkpointing:
             # non-reentrant: works when the inputs (token ids) need no gradient
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = _Policy(self.model, temperature, train.logprob_chunk_tokens)
+        self.distributed = distributed and group.is_distributed()
+        self.cpu_offload = cpu_offload and self.distributed
+        if self.distributed:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(self.device.type, (group.world_size(),))
+            group.shard_model(self.model, mesh, self.compute_dtype, self.cpu_offload, root=self.policy)
         self.optimizer = self._new_optimizer()
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
+        fused = self.device.type == "cuda" and not self.cpu_offload  # offloaded shards step on the CPU
         return torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=tuple(c.betas),
-                                 weight_decay=c.weight_decay, fused=self.device.type == "cuda")
+                                 weight_decay=c.weight_decay, fused=fused)
+
+    def _share(self, trajectories: Sequence[Trajectory], chosen: Sequence[int]) -> list[int]:
+        """This rank's part of the sequences `chosen` (all of them in one process)."""
+        if not self.distributed:
+            return list(chosen)
+        lengths = [len(trajectories[i].prompt_ids) + trajectories[i].num_response_tokens for i in chosen]
+        return [chosen[j] for j in split_by_tokens(lengths, group.world_size())[group.rank()]]
+
+    def _reduce_sum(self, values: dict[str, float]) -> dict[str, float]:
+        """Sums over the ranks (the values themselves in one process, even inside a group)."""
+        return group.all_reduce_sum(values) if self.distributed else dict(values)
+
+    def _reduce_max(self, values: dict[str, float]) -> dict[str, float]:
+        """Maxima over the ranks (the values themselves in one process)."""
+        return group.all_reduce_max(values) if self.distributed else dict(values)
 
     def _micro_batches(self, used: torch.Tensor) -> list[tuple[slice, int]]:
         """(rows, width) of each micro-batch of packed rows; `used` [B, T] marks tokens that matter."""
@@ -181,71 +278,127 @@ class Trainer:
         groups = micro_batches(lengths, self.config.max_tokens_per_micro_batch, self.config.micro_batch_rows)
         return [(slice(g.start, g.stop), max(lengths[g.start:g.stop])) for g in groups]
 
+    def _rounds(self, local: int) -> int:
+        """Forward passes every rank runs: the most any rank needs. FSDP2 gathers each unit's
+        shards in every forward, a collective, so a rank with fewer passes runs empty ones."""
+        return int(self._reduce_max({"n": local})["n"])
+
     def _logprobs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs [b, T] (and entropies [b, T] when asked and chunking applies)."""
-        chunk = self.config.logprob_chunk_tokens
         with autocast(self.device, self.compute_dtype):
-            if with_entropy and chunk > 0 and supports_chunked(self.model):
-                return policy_logprobs(self.model, input_ids, position_ids, self.temperature, chunk, True)
-            return token_logprobs(self.model, input_ids, position_ids, self.temperature, chunk), None
+            return self.policy(input_ids.to(self.device), position_ids.to(self.device), with_entropy)
 
-    def step(self, batch: TrainBatch) -> dict[str, float]:
-        """One optimizer step on a packed mini-batch (gradient accumulation over row chunks)."""
-        self.model.train()
-        total = max(_count_sequences(batch.seq_ids, batch.loss_mask), 1)
-        metrics: dict[str, float] = {}
-        first_gap, entropy_sum, entropy_count = 0.0, 0.0, 0.0
-        advantages = batch.advantages.to(self.device)
-        for rows, width in self._micro_batches(batch.loss_mask > 0):
-            on = lambda x: None if x is None else x[rows, :width].to(self.device)  # noqa: E731  [b, t]
-            ids, old, mask, seq_ids, weights = map(on, (batch.input_ids, batch.old_logprobs, batch.loss_mask,
-                                                         batch.seq_ids, batch.token_weights))
-            logp, entropy = self._logprobs(ids, on(batch.position_ids), with_entropy=True)  # [b, t] each
-            part = _count_sequences(seq_ids, mask)
-            loss, m = opmd_loss(logp, old, mask, seq_ids.clamp(min=0), advantages, self.loss_config.tau,
-                                self.loss_config.level, weights)
-            (loss * part / total).backward()
-            with torch.no_grad():
-                gap = ((logp - old).abs() * mask).max().item() if mask.any() else 0.0
-                if entropy is not None:
-                    entropy_sum += float((entropy * mask).sum())
-                    entropy_count += float(mask.sum())
-            first_gap = max(first_gap, gap)
-            for key, value in m.items():
-                metrics[key] = metrics.get(key, 0.0) + value * part / total
-        if entropy_count:
-            metrics["train/entropy"] = entropy_sum / entropy_count  # nats per loss token, at the sampling T
+    def _empty_inputs(self) -> dict:
+        """A micro-batch of one row of two padding tokens and no loss token: it takes part in the
+        collectives and contributes zero gradient and zero to every metric."""
+        zeros = torch.zeros((1, 2))
+        return {"ids": torch.full((1, 2), self.pad_id, dtype=torch.long), "positions": torch.tensor([[0, 1]]),
+                "old": zeros, "mask": zeros, "seq_ids": torch.zeros((1, 2), dtype=torch.long),
+                "weights": None, "advantages": torch.zeros(1)}
+
+    def _micro_inputs(self, batch: TrainBatch, rows: slice, width: int) -> dict:
+        """Rows `rows` of `batch`, cut to `width` tokens: [b, t] each, advantages [N]."""
+        on = lambda x: None if x is None else x[rows, :width]  # noqa: E731  [b, t]
+        return {"ids": on(batch.input_ids), "positions": on(batch.position_ids), "old": on(batch.old_logprobs),
+                "mask": on(batch.loss_mask), "seq_ids": on(batch.seq_ids), "weights": on(batch.token_weights),
+                "advantages": batch.advantages}
+
+    def _accumulate(self, inputs: dict, total: int) -> dict[str, float]:
+        """Forward and backward of one micro-batch, its loss weighted by its share of the `total`
+        sequences; returns its metrics as sums (weighted by its sequences or loss tokens)."""
+        on = lambda x: None if x is None else x.to(self.device)  # noqa: E731
+        old, mask, seq_ids, weights = (on(inputs[k]) for k in ("old", "mask", "seq_ids", "weights"))
+        logp, entropy = self._logprobs(inputs["ids"], inputs["positions"], with_entropy=True)  # [b, t] each
+        part = _count_sequences(seq_ids, mask)
+        loss, m = opmd_loss(logp, old, mask, seq_ids.clamp(min=0), on(inputs["advantages"]),
+                            self.loss_config.tau, self.loss_config.level, weights)
+        (loss * part / total).backward()
+        with torch.no_grad():
+            tokens = float(mask.sum())
+            sums = {k: v * (tokens if k in _TOKEN_MEANS else part) for k, v in m.items()}
+            sums |= {"_tokens": tokens, "_entropy_tokens": 0.0, "_entropy_sum": 0.0,
+                     "_gap": ((logp - old).abs() * mask).max().item() if mask.any() else 0.0}
+            if entropy is not None:
+                sums["_entropy_sum"], sums["_entropy_tokens"] = float((entropy * mask).sum()), tokens
+        return sums
+
+    def step(self, batch: TrainBatch | None) -> dict[str, float]:
+        """One optimizer step on a packed mini-batch (gradient accumulation over micro-batches).
+
+        In a group, every rank calls it at once with its share of the mini-batch (None: no
+        sequence) and gets the same metrics: the loss is normalised by the sequences of all ranks,
+        so that FSDP2's summed gradient is the one-process gradient of the whole mini-batch.
+        """
+        self.policy.train()
+        parts = [] if batch is None else self._micro_batches(batch.loss_mask > 0)
+        local = 0 if batch is None else _count_sequences(batch.seq_ids, batch.loss_mask)
+        total = max(int(self._reduce_sum({"n": local})["n"]), 1)
+        sums: dict[str, float] = {}
+        for i in range(self._rounds(len(parts))):
+            inputs = self._micro_inputs(batch, *parts[i]) if i < len(parts) else self._empty_inputs()
+            for key, value in self._accumulate(inputs, total).items():
+                sums[key] = max(sums.get(key, 0.0), value) if key == "_gap" else sums.get(key, 0.0) + value
+        gap = self._reduce_max({"_gap": sums.pop("_gap")})["_gap"]
+        sums = self._reduce_sum(sums)
+        metrics = {k: v / (max(sums["_tokens"], 1.0) if k in _TOKEN_MEANS else total)
+                   for k, v in sums.items() if not k.startswith("_")}
+        if sums["_entropy_tokens"]:  # nats per loss token, at the sampling T
+            metrics["train/entropy"] = sums["_entropy_sum"] / sums["_entropy_tokens"]
         if self.config.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-            metrics["train/grad_norm"] = float(norm)
+            # sharded gradients give a DTensor norm; its full value is the global norm
+            metrics["train/grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics["train/logprob_gap_max"] = first_gap
+        metrics["train/logprob_gap_max"] = gap
         return metrics
 
     @torch.no_grad()
-    def current_logprobs(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
-        """The current policy's log-prob of each response token, one [n_response] tensor each.
-
-        The sequences are packed into rows of `row_tokens` as for training and scored in the same
-        micro-batches (one forward per sequence cost ~6x more on the small models measured in
-        docs/rollout.md).
-        """
-        if not trajectories:
-            return []
-        self.model.eval()
-        sequences = [t.prompt_ids + t.response_ids for t in trajectories]
-        rows = pack(sequences, [], self.config.row_tokens, self.pad_id)
+    def _score(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
+        """Response log-probs of `trajectories` (this rank's share), one forward per micro-batch,
+        plus empty forwards up to the most any rank runs."""
+        parts: list[tuple[slice, int]] = []
+        if trajectories:
+            rows = pack([t.prompt_ids + t.response_ids for t in trajectories], [], self.config.row_tokens,
+                        self.pad_id)
+            parts = self._micro_batches(rows.seq_ids >= 0)
         out: list[torch.Tensor | None] = [None] * len(trajectories)
-        for chunk, width in self._micro_batches(rows.seq_ids >= 0):
-            logp = self._logprobs(rows.input_ids[chunk, :width].to(self.device),
-                                  rows.position_ids[chunk, :width].to(self.device))[0].float().cpu()  # [b, t]
-            for seq_row, seq_logp in zip(rows.seq_ids[chunk, :width], logp):
+        for i in range(self._rounds(len(parts))):
+            if i >= len(parts):
+                empty = self._empty_inputs()
+                self._logprobs(empty["ids"], empty["positions"])
+                continue
+            chunk, width = parts[i]
+            logp = self._logprobs(rows.input_ids[chunk, :width], rows.position_ids[chunk, :width])[0]
+            for seq_row, seq_logp in zip(rows.seq_ids[chunk, :width], logp.float().cpu()):  # [t] each
                 for j in seq_row[seq_row >= 0].unique().tolist():
                     at = (seq_row == j).nonzero()  # this sequence's columns, contiguous
                     first = int(at[0]) + len(trajectories[j].prompt_ids)
                     out[j] = seq_logp[first:int(at[-1]) + 1]
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def current_logprobs(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
+        """The current policy's log-prob of each response token, one [n_response] CPU tensor each.
+
+        The sequences are packed into rows of `row_tokens` as for training and scored in the same
+        micro-batches (one forward per sequence cost ~6x more on the small models measured in
+        docs/rollout.md). In a group each rank scores its share (split by tokens) and the shares
+        are exchanged: every rank returns the whole list.
+        """
+        if not trajectories:
+            return []
+        self.policy.eval()
+        mine = self._share(trajectories, range(len(trajectories)))
+        scored = self._score([trajectories[i] for i in mine])
+        if not self.distributed:
+            return scored
+        self.policy.reshard()  # the root unit keeps its gathered weights after a no-grad forward
+        out: list[torch.Tensor | None] = [None] * len(trajectories)
+        for indices, values in group.all_gather_objects((mine, scored)):
+            for i, value in zip(indices, values):
+                out[i] = value
         return out  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -267,6 +420,8 @@ class Trainer:
         """The training phase over one iteration's scored trajectories (module docstring).
 
         `response_weights`: optional per-response-token loss weights (see `build_train_batch`).
+        In a group every rank passes the whole list; each mini-batch is split over the ranks by
+        tokens (`split_by_tokens`) and every rank returns the same metrics.
         """
         start = time.perf_counter()
         c = self.config
@@ -282,12 +437,13 @@ class Trainer:
         order = list(range(len(trajectories)))
         steps, sums, tokens = 0, {}, 0
         for epoch in range(c.epochs):
-            self.rng.shuffle(order)
+            self.rng.shuffle(order)  # the same order on every rank: same seed, same calls
             for start_at in range(0, len(order), c.mini_batch_size):
                 chosen = order[start_at:start_at + c.mini_batch_size]
-                batch = build_train_batch([trajectories[i] for i in chosen], advantages[chosen],
-                                          c.row_tokens, self.pad_id,
-                                          None if response_weights is None else [response_weights[i] for i in chosen])
+                mine = self._share(trajectories, chosen)
+                weights = None if response_weights is None else [response_weights[i] for i in mine]
+                batch = build_train_batch([trajectories[i] for i in mine], advantages[mine], c.row_tokens,
+                                          self.pad_id, weights) if mine else None
                 step_metrics = self.step(batch)
                 if steps == 0 and not c.recompute_old_logprobs:
                     # before the first update θ = θi: any gap is engine vs trainer numerics
@@ -298,7 +454,64 @@ class Trainer:
                 tokens += sum(len(trajectories[i].prompt_ids) + trajectories[i].num_response_tokens
                               for i in chosen)
         metrics.update({k: v / max(steps, 1) for k, v in sums.items() if k != "train/logprob_gap_max"})
-        elapsed = time.perf_counter() - start
+        elapsed = self._reduce_max({"s": time.perf_counter() - start})["s"]  # the slowest rank's
         metrics.update({"train/steps": steps, "perf/train_s": elapsed,
                         "perf/train_tokens_per_s": tokens / max(elapsed, 1e-9)})
         return metrics
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The policy's full weights as CPU float32 tensors, keyed as the Hugging Face model's.
+
+        In a group every rank must call it (the shards are gathered), and only **rank 0** gets
+        the tensors: the other ranks get an empty dict (one full copy per machine, not per rank).
+        In one process: copies of the weights.
+        """
+        if not self.distributed:
+            return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # cpu_offload: rank 0 only
+        return get_model_state_dict(self.model, options=options)
+
+    def save_pretrained(self, path, tokenizer=None) -> None:
+        """Write the policy (and `tokenizer`, when given) as a Hugging Face model directory that
+        `AutoModelForCausalLM.from_pretrained` loads. Every rank calls it; rank 0 writes."""
+        weights = self.full_state_dict()
+        if not self.distributed or group.rank() == 0:
+            # save_pretrained consumes the dict it is given (it drops tied copies): pass a copy
+            self.model.save_pretrained(path, state_dict=dict(weights))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(path)
+        if self.distributed:
+            group.barrier()  # the directory is complete before any rank returns
+
+    def _checkpoint_state(self) -> dict:
+        """Model (and, when it is kept across iterations, optimizer) state, sharded in a group."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        state = {"model": get_model_state_dict(self.model)}
+        if not self.config.reset_optimizer:
+            state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer)
+        return state
+
+    def save_state(self, path) -> None:
+        """Save a resumable checkpoint of the model and, unless `reset_optimizer`, the optimizer to
+        directory `path` (torch.distributed.checkpoint: each rank writes its shards). Every rank
+        calls it with the same path, on a filesystem they share."""
+        import torch.distributed.checkpoint as dcp
+
+        # no_dist: a one-process trainer writes alone even inside someone else's process group
+        with _one_process_checkpoint():
+            dcp.save(self._checkpoint_state(), checkpoint_id=str(path), no_dist=not self.distributed)
+
+    def load_state(self, path) -> None:
+        """Restore what `save_state` wrote to `path`, in place; the group may have another size."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        state = self._checkpoint_state()
+        with _one_process_checkpoint():
+            dcp.load(state, checkpoint_id=str(path), no_dist=not self.distributed)
+        set_model_state_dict(self.model, state["model"])
+        if "optimizer" in state:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
