@@ -205,13 +205,14 @@ class _Policy(torch.nn.Module):
         self.model = model
         self.temperature, self.chunk_tokens = temperature, chunk_tokens
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[b, T] ids and positions -> (log-probs [b, T], entropies [b, T] or None)."""
-        chunk = self.chunk_tokens
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, with_entropy: bool = False,
+                temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[b, T] ids and positions -> (log-probs [b, T], entropies [b, T] or None), at the
+        sampling temperature unless `temperature` is given."""
+        chunk, temperature = self.chunk_tokens, self.temperature if temperature is None else temperature
         if with_entropy and chunk > 0 and supports_chunked(self.model):
-            return policy_logprobs(self.model, input_ids, position_ids, self.temperature, chunk, True)
-        return token_logprobs(self.model, input_ids, position_ids, self.temperature, chunk), None
+            return policy_logprobs(self.model, input_ids, position_ids, temperature, chunk, True)
+        return token_logprobs(self.model, input_ids, position_ids, temperature, chunk), None
 
 
 class Trainer:
@@ -400,6 +401,21 @@ class Trainer:
             for i, value in zip(indices, values):
                 out[i] = value
         return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def token_logprobs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+        """log p(input_ids[:, t] | input_ids[:, <t]) [B, T] on the CPU, 0 at t = 0 (e.g. the weight
+        sync probe at temperature 1). In a group every rank passes the same rows and gets the
+        same result: under FSDP2 the policy must be run through the trainer, not `self.model`,
+        whose embeddings and LM head are gathered only by the root unit (`_Policy`)."""
+        self.policy.eval()
+        with autocast(self.device, self.compute_dtype):
+            logp = self.policy(input_ids.to(self.device), position_ids.to(self.device),
+                               temperature=temperature)[0]  # [B, T]
+        if self.distributed:
+            self.policy.reshard()
+        return logp.float().cpu()
 
     @torch.no_grad()
     def recompute_logprobs(self, trajectories: Sequence[Trajectory]) -> float:

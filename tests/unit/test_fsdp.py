@@ -5,6 +5,7 @@ what each rank returned; the tests compare it with the one-process trainer run h
 model (same seed), the same trajectories and the same configuration.
 """
 
+import dataclasses
 import math
 import time
 
@@ -30,7 +31,10 @@ METRICS = TrainConfig(lr=1e-2, mini_batch_size=7, row_tokens=12, micro_batch_row
 # step is lr·g/(|g| + 1e-8): for a weight whose gradient is near 0 it magnifies the summation-order
 # noise of the gradient by up to lr/1e-8; at lr = 1e-2 a few weights of 10^4 moved 4e-6 apart
 STATE = TrainConfig(lr=1e-3, mini_batch_size=8, row_tokens=16, micro_batch_rows=2, reset_optimizer=False)
+# D: B with activation checkpointing and FSDP2's CPU offload (a plain CPU copy on a CPU mesh)
+CHECKPOINTED = dataclasses.replace(METRICS, gradient_checkpointing=True)
 LOSS = LossConfig(tau=0.1, level="token")
+PROBE = torch.tensor([[3, 23, 4, 20, 21, 22, 5]])  # [1, T] one sequence, as the weight-sync probe
 
 
 def _trajectories() -> list[Trajectory]:
@@ -52,10 +56,11 @@ def _weights(trajectories):
     return [[0.0 if k == 1 else 1.0 + 0.25 * k for k in range(t.num_response_tokens)] for t in trajectories]
 
 
-def _trainer(train: TrainConfig, distributed: bool) -> Trainer:
+def _trainer(train: TrainConfig, distributed: bool, cpu_offload: bool = False) -> Trainer:
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(TINY, tokenizer, seed=0)
-    return Trainer(model, train, LOSS, pad_id=tokenizer.pad_token_id, distributed=distributed)
+    return Trainer(model, train, LOSS, pad_id=tokenizer.pad_token_id, distributed=distributed,
+                   cpu_offload=cpu_offload)
 
 
 class _KeepGradients:
@@ -79,13 +84,14 @@ def _gradients(distributed: bool) -> tuple[dict, dict]:
     return trainer.optimizer.grads, metrics
 
 
-def _metrics_run(distributed: bool, out_dir=None) -> dict:
-    trainer = _trainer(METRICS, distributed)
+def _metrics_run(distributed: bool, out_dir=None, train: TrainConfig = METRICS, cpu_offload=False) -> dict:
+    trainer = _trainer(train, distributed, cpu_offload)
     trajectories = _trajectories()
     metrics = trainer.train_iteration(trajectories, _weights(trajectories))
     result = {"metrics": metrics, "weights": trainer.full_state_dict(),
               "recomputed": [s.logprobs for t in trajectories for s in t.segments],
-              "logprobs": trainer.current_logprobs(_trajectories())}
+              "logprobs": trainer.current_logprobs(_trajectories()),
+              "probe": trainer.token_logprobs(PROBE, torch.arange(PROBE.shape[1])[None], temperature=1.0)}
     if out_dir is not None:
         trainer.save_pretrained(out_dir / "hf", build_char_tokenizer())
     return result
@@ -115,7 +121,8 @@ def _rank_main(rank: int, store: str, out_dir) -> None:
     init_group("gloo", rank, WORLD, f"file://{store}", timeout_s=TIMEOUT_S)
     grads, grad_metrics = _gradients(distributed=True)
     result = {"grads": grads, "grad_metrics": grad_metrics, **_metrics_run(True, out_dir),
-              "state": _state_run(True, out_dir)}
+              "state": _state_run(True, out_dir),
+              "checkpointed": _metrics_run(True, train=CHECKPOINTED, cpu_offload=True)["metrics"]}
     torch.save(result, out_dir / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -182,6 +189,15 @@ def test_metrics_match_one_process_with_an_empty_rank(group_results):
     assert ranks[0]["metrics"] == ranks[1]["metrics"]  # perf/ included: reduced over ranks
 
 
+def test_checkpointing_and_cpu_offload_metrics_match_one_process(group_results):
+    ranks, _ = group_results
+    want = _metrics_run(False, train=CHECKPOINTED)["metrics"]
+    for result in ranks:
+        for key, value in want.items():
+            if not key.startswith("perf/"):
+                assert result["checkpointed"][key] == pytest.approx(value, abs=1e-5), key
+
+
 def test_full_state_dict_and_save_pretrained_round_trip(group_results):
     from transformers import AutoModelForCausalLM
 
@@ -209,6 +225,8 @@ def test_current_logprobs_match_one_process(group_results):
         assert len(result["recomputed"]) == len(want["recomputed"])  # π_θi recomputed inside train_iteration
         for got, value in zip(result["recomputed"], want["recomputed"]):
             assert got == pytest.approx(value, abs=1e-5)
+        torch.testing.assert_close(result["probe"], want["probe"], rtol=0, atol=1e-5)
+        assert result["probe"].shape == PROBE.shape and result["probe"][0, 0] == 0
         for got, value in zip(result["logprobs"], want["logprobs"]):
             assert got.device.type == "cpu" and got.shape == value.shape
             torch.testing.assert_close(got, value, rtol=0, atol=1e-5)
