@@ -1,4 +1,4 @@
-"""EnginePool, ClusterSync and TrainerGroup on a local Ray instance with a tiny model.
+"""EnginePool, ClusterSync, reward actors and TrainerGroup on a local Ray instance, tiny model.
 
 One Ray instance and one cluster (1 trainer rank, 2 rollout workers) are shared by the module.
 Rollout worker 1's first engine exits its process on its first `generate` (`_faulty_engine`),
@@ -146,6 +146,47 @@ def test_sync_that_skips_one_engine_fails_naming_it(cluster, monkeypatch):
     assert "rollout worker 0" not in str(caught.value)
     monkeypatch.undo()
     assert made.sync(2)["sync/engines_checked"] == 2.0  # a full push repairs it
+
+
+REWARD = """
+import os
+
+def reward(prompt, response, log, marker):
+    if not os.path.exists(marker):  # the first call of all kills its actor
+        open(marker, "w").close()
+        os._exit(1)
+    with open(log, "a") as f:
+        f.write(prompt.id + "\\n")
+    return float(len(response) % 3 == 0)
+"""
+
+
+def test_dead_reward_actor_is_replaced_and_its_chunk_scored_once(cluster, tmp_path):
+    import copy
+
+    from longrl.cluster.rewards import RewardPool, RewardWorker, remote_rewards
+    from longrl.config import RewardConfig
+    from longrl.rewards.registry import build_rewards
+    from longrl.rewards.score import score
+
+    (tmp_path / "fault.py").write_text(REWARD)
+    ref = f"{tmp_path / 'fault.py'}:reward"
+    log, marker = tmp_path / "scored.txt", tmp_path / "died"
+    config = RewardConfig(names=[ref], weights=[0.5], options={ref: {"log": str(log), "marker": str(marker)}})
+    worker = ray.remote(RewardWorker)
+    pool = RewardPool(lambda i: worker.options(num_cpus=0).remote(config, 1), 2)
+    trajectories = [Trajectory(Prompt(f"p{i}", "q"), 0, [1], text="x" * i) for i in range(6)]
+    local = copy.deepcopy(trajectories)
+    try:
+        metrics = score(trajectories, remote_rewards(pool, config))
+        assert pool.take_fault_metrics()["cluster/reward_restarts"] >= 1
+    finally:
+        pool.shutdown()
+    assert sorted(log.read_text().split()) == [f"p{i}" for i in range(6)]  # each scored exactly once
+    log.unlink()
+    assert metrics == score(local, build_rewards(config))
+    assert [(t.reward, t.reward_info) for t in trajectories] == [(t.reward, t.reward_info) for t in local]
+    assert [t.reward for t in trajectories] == [0.5, 0.0, 0.0, 0.5, 0.0, 0.0]
 
 
 def test_dead_trainer_rank_stops_with_its_rank_named(cluster):

@@ -99,20 +99,18 @@ class TrainerRank:
             return None
         return [ray.put(bucket) for bucket in buckets_of(state, bucket_bytes)]
 
-    @torch.no_grad()
     def probe_logprobs(self, ids: list[int], prompt_len: int) -> list[float]:
-        """The trainer's temperature-1 log-probs of the probe's answer tokens (`weight_sync`)."""
-        from longrl.models import token_logprobs
+        """The trainer's log-probs of the probe's answer tokens, at its sampling temperature.
 
-        model = self.trainer.model
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        ids_t = torch.tensor([ids], device=device)  # [1, T]
-        positions = torch.arange(len(ids), device=device)[None]  # [1, T]
-        out = token_logprobs(model, ids_t, positions, 1.0)[0, prompt_len:].float().cpu().tolist()
-        model.train(was_training)
-        return out
+        Through `current_logprobs`: under FSDP2 the forward must enter at the sharded root (its
+        hooks gather the shards), which `current_logprobs` does on every rank.
+        """
+        from longrl.types import Prompt, Segment, Trajectory
+
+        answer = ids[prompt_len:]
+        probe = Trajectory(Prompt("weight-sync-probe", ""), 0, ids[:prompt_len],
+                           [Segment(answer, [0.0] * len(answer), -1)])
+        return self.trainer.current_logprobs([probe])[0].float().tolist()
 
     def save_pretrained(self, path: str) -> None:
         if hasattr(self.trainer, "save_pretrained"):  # every rank gathers; rank 0 writes
