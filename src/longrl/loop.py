@@ -138,36 +138,22 @@ def setup_on_cluster(config: RunConfig, model_path: str, run_dir: Path) -> Run:
                rewards, eval_prompts, cluster.sync, cluster=cluster)
 
 
-def save_model(trainer, tokenizer, path: Path) -> None:
-    """The policy and tokenizer as a Hugging Face directory: through the trainer's own
-    `save_pretrained` where it has one (a trainer group or a sharded trainer gathers first)."""
-    if hasattr(trainer, "save_pretrained"):
-        trainer.save_pretrained(path, tokenizer)
-    else:
-        trainer.model.save_pretrained(path)
-        tokenizer.save_pretrained(path)
-
-
-def save_optimizer(trainer, path: Path):
-    """What `trainer_state.pt` records of the optimizer: its state dict, or "state/" when the
-    trainer writes its (possibly sharded) state itself under `path/state`."""
-    if hasattr(trainer, "save_state"):
-        trainer.save_state(path / "state")
-        return "state/"
-    return trainer.optimizer.state_dict()
-
-
 def load_optimizer(trainer, checkpoint: Path, saved) -> None:
+    """Restore what `save_checkpoint` recorded of the optimizer (nothing with `reset_optimizer`)."""
     if saved == "state/":
         trainer.load_state(checkpoint / "state")
-    elif saved is not None:
+    elif saved is not None:  # a checkpoint from before `Trainer.save_state`: the state dict itself
         trainer.optimizer.load_state_dict(saved)
 
 
 def save_checkpoint(run: Run, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    save_model(run.trainer, run.tokenizer, path)
-    optimizer = None if run.config.train.reset_optimizer else save_optimizer(run.trainer, path)
+    # through the trainer, which gathers a sharded model (a trainer group, FSDP2) before writing
+    run.trainer.save_pretrained(path, run.tokenizer)
+    optimizer = None
+    if not run.config.train.reset_optimizer:  # model and optimizer, sharded, in path/state
+        run.trainer.save_state(path / "state")
+        optimizer = "state/"
     # the HF engine samples from its own torch generator; vLLM is seeded once at construction,
     # so a resumed vLLM run continues with fresh sampling randomness
     generator = getattr(run.engine, "generator", None)
@@ -283,5 +269,5 @@ def train(run: Run, show_progress: bool = True) -> dict[str, float]:
     finally:
         for sink in (*sinks, progress):
             sink.close()
-    save_model(run.trainer, run.tokenizer, run.dir / "final")
+    run.trainer.save_pretrained(run.dir / "final", run.tokenizer)
     return summary

@@ -126,7 +126,7 @@ def setup_cluster(config, model_path: str, tokenizer, engine_factory: Callable |
                                      c.reward_workers)
             rewards = remote_rewards(reward_pool, config.reward)
         tolerance = sync_tolerance(config.rollout.sync_check_tolerance, config.model.dtype)
-        sync = ClusterSync(trainer, pool, tokenizer, tolerance, c.sync_bucket_mb, config.rollout.temperature,
+        sync = ClusterSync(trainer, pool, tokenizer, tolerance, c.sync_bucket_mb,
                            faults=[reward_pool] if reward_pool else [])
     except BaseException:
         placement.close()

@@ -9,10 +9,10 @@ engine and proves the engine holds them. Across processes:
    buckets one at a time and loads each into its engine (`RolloutWorker.load_weights`), all
    workers in parallel. The object store keeps one copy per node: workers on the same node read
    the same bytes, and a worker never holds more than one bucket beside its engine.
-2. Check. The trainer scores the fixed probe (on every rank, at the sampling temperature:
-   `current_logprobs` is the forward a sharded model allows), every worker scores it with its
-   engine at the same temperature, and `weight_sync.check_engines` demands that each engine
-   agree within the tolerance; `WeightSyncError` names every worker that does not. A skipped push, a
+2. Check. The trainer scores the fixed probe at temperature 1 (`Trainer.token_logprobs`, on every
+   rank: under FSDP2 only the trainer's root unit gathers embeddings and head), every worker
+   scores it with its engine, and `weight_sync.check_engines` demands that each engine agree
+   within the tolerance; `WeightSyncError` names every worker that does not. A skipped push, a
    worker restarted from the old model directory, a lost bucket: each fails here, every iteration.
 
 A worker that dies during the push is restarted and restored (`restore`: the same push and the
@@ -34,9 +34,8 @@ class ClusterSync:
     """`run.sync` on a cluster: `sync(iteration) -> metrics` (module docstring)."""
 
     def __init__(self, trainer: TrainerGroup, pool: EnginePool, tokenizer, tolerance: float,
-                 bucket_mb: int, temperature: float, faults: list = ()):
+                 bucket_mb: int, faults: list = ()):
         self.trainer, self.pool, self.tolerance = trainer, pool, tolerance
-        self.temperature = temperature  # the trainer scores the probe at its sampling temperature
         self.bucket_bytes = max(1, bucket_mb) << 20
         self.probe_ids, self.prompt_len = probe_sequence(tokenizer, trainer.max_position_embeddings())
         self.faults = [pool, *faults]  # whose `take_fault_metrics` join the sync's metrics
@@ -64,11 +63,11 @@ class ClusterSync:
         """The probe on every worker (or worker `only`) against the trainer's log-probs."""
         trainer_lp = self.trainer.probe_logprobs(self.probe_ids, self.prompt_len)
         if only is None:
-            scored = self.pool.score_each([self.probe_ids], [self.prompt_len], self.temperature)
+            scored = self.pool.score_each([self.probe_ids], [self.prompt_len], 1.0)
             engines = {f"rollout worker {i}": lps[0] for i, lps in enumerate(scored)}
         else:
             worker = self.pool.workers[only]
-            lps = ray.get(worker.score.remote([self.probe_ids], [self.prompt_len], self.temperature))
+            lps = ray.get(worker.score.remote([self.probe_ids], [self.prompt_len], 1.0))
             engines = {f"rollout worker {only} (restarted)": lps[0]}
         return check_engines(trainer_lp, engines, self.tolerance, self.iteration)
 

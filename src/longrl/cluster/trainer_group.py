@@ -2,14 +2,15 @@
 
 `TrainerGroup` has the public methods the loop calls on a `Trainer` (`train_iteration`,
 `current_logprobs`, `save_pretrained`, `save_state`/`load_state`, `rng`) plus what the weight
-sync needs (`weight_buckets`, `probe_logprobs`). Every call goes to every rank with the same
+sync needs (`weight_buckets`, `probe_logprobs`). Each rank holds a `Trainer(distributed=True)`
+(`longrl.distributed`; one rank is a plain trainer). Every call goes to every rank with the same
 arguments (sent once through the object store) and returns rank 0's result: the FSDP2 trainer
 (`longrl.distributed`) requires every public method on all ranks, since each holds a shard and
 the calls run collectives.
 
 The group's rendezvous is `tcp://<rank 0's node>:<a free port there>`, found by asking the rank-0
 actor, so ranks on several nodes meet where rank 0 listens. Backend `auto`: NCCL where the rank
-sees a GPU, gloo on CPU.
+sees a GPU, gloo on CPU (`cluster.backend`).
 
 Faults: a rank that dies stops the run: the other ranks would wait in their next collective
 forever. `_broadcast` waits on all ranks at once and raises `TrainerRankError` naming the first
@@ -18,17 +19,15 @@ rank found dead; the run continues from its last checkpoint with `longrl train -
 
 from __future__ import annotations
 
-import inspect
 import random
 import socket
 from collections.abc import Sequence
-from pathlib import Path
 
 import ray
 import torch
 from ray.exceptions import RayActorError
 
-from longrl.cluster.errors import ClusterError, TrainerRankError
+from longrl.cluster.errors import TrainerRankError
 from longrl.cluster.pool import prepare_actor
 
 
@@ -59,20 +58,22 @@ class TrainerRank:
 
     def setup(self, rank: int, world_size: int, init_method: str, model_path: str, config) -> None:
         from longrl.device import resolve_device
+        from longrl.distributed import init_group
         from longrl.models import load_policy
         from longrl.trainer import Trainer
 
         prepare_actor(config.threads)
         random.seed(config.seed)
         torch.manual_seed(config.seed)
-        self.rank, self.config = rank, config
-        distributed = _init_group(config.cluster.backend, rank, world_size, init_method)
-        model, self.tokenizer = load_policy(model_path, config.model.dtype)
-        extra = {"distributed": True, "cpu_offload": config.cluster.cpu_offload} if distributed else {}
-        self.trainer = Trainer(model, config.train, config.loss, self.tokenizer.pad_token_id,
-                               temperature=config.rollout.temperature, seed=config.seed,
-                               device=resolve_device(config.train.device), dtype=config.model.dtype, **extra)
+        self.rank = rank
+        init_group(config.cluster.backend, rank, world_size, init_method)
+        model, tokenizer = load_policy(model_path, config.model.dtype)
+        self.names = [name for name, _ in model.named_parameters()]  # tied weights once
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        self.trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
+                               temperature=config.rollout.temperature, seed=config.seed,
+                               device=resolve_device(config.train.device), dtype=config.model.dtype,
+                               distributed=True, cpu_offload=config.cluster.cpu_offload)
 
     def max_position_embeddings(self) -> int | None:
         return self.max_positions
@@ -83,83 +84,37 @@ class TrainerRank:
     def current_logprobs(self, trajectories) -> list[torch.Tensor]:
         return self.trainer.current_logprobs(trajectories)
 
-    def full_state(self) -> dict[str, torch.Tensor]:
-        """The full parameters as CPU tensors under their parameter names (tied weights once, as
-        `HFEngine.load_weights` and the single-process sync push them)."""
-        names = [name for name, _ in self.trainer.model.named_parameters()]
-        if hasattr(self.trainer, "full_state_dict"):  # FSDP2: a collective, on every rank
-            full = self.trainer.full_state_dict()
-            return {name: full[name] for name in names if name in full}
-        return {name: p.detach().cpu() for name, p in self.trainer.model.named_parameters()}
-
     def weight_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef] | None:
-        """Rank 0: the full weights put into the object store in buckets; other ranks: None."""
-        state = self.full_state()
+        """Rank 0: the full parameters put into the object store in buckets, under their
+        parameter names (tied weights once, as the one-process sync pushes them); other ranks
+        take part in the gather and return None."""
+        full = self.trainer.full_state_dict()  # a collective: every rank; full tensors on rank 0
         if self.rank != 0:
             return None
+        state = {name: full[name] for name in self.names}
         return [ray.put(bucket) for bucket in buckets_of(state, bucket_bytes)]
 
+    @torch.no_grad()
     def probe_logprobs(self, ids: list[int], prompt_len: int) -> list[float]:
-        """The trainer's log-probs of the probe's answer tokens, at its sampling temperature.
-
-        Through `current_logprobs`: under FSDP2 the forward must enter at the sharded root (its
-        hooks gather the shards), which `current_logprobs` does on every rank.
-        """
-        from longrl.types import Prompt, Segment, Trajectory
-
-        answer = ids[prompt_len:]
-        probe = Trajectory(Prompt("weight-sync-probe", ""), 0, ids[:prompt_len],
-                           [Segment(answer, [0.0] * len(answer), -1)])
-        return self.trainer.current_logprobs([probe])[0].float().tolist()
+        """The trainer's temperature-1 log-probs of the probe's answer tokens (`weight_sync`)."""
+        ids_t = torch.tensor([ids])  # [1, T]
+        positions = torch.arange(len(ids))[None]  # [1, T]
+        return self.trainer.token_logprobs(ids_t, positions, 1.0)[0, prompt_len:].tolist()
 
     def save_pretrained(self, path: str) -> None:
-        if hasattr(self.trainer, "save_pretrained"):  # every rank gathers; rank 0 writes
-            self.trainer.save_pretrained(path)  # the driver writes the tokenizer
-        elif self.rank == 0:
-            self.trainer.model.save_pretrained(path)
+        self.trainer.save_pretrained(path)  # every rank gathers, rank 0 writes; the driver adds the tokenizer
 
     def save_state(self, path: str) -> None:
-        """Optimizer state (and, with FSDP2, the sharded weights) under `path`."""
-        if hasattr(self.trainer, "save_state"):
-            self.trainer.save_state(path)
-        elif self.rank == 0:
-            Path(path).mkdir(parents=True, exist_ok=True)
-            torch.save(self.trainer.optimizer.state_dict(), Path(path) / "optimizer.pt")
+        self.trainer.save_state(path)
 
     def load_state(self, path: str) -> None:
-        if hasattr(self.trainer, "load_state"):
-            self.trainer.load_state(path)
-        else:
-            self.trainer.optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", weights_only=False))
+        self.trainer.load_state(path)
 
     def rng_state(self):
         return self.trainer.rng.getstate()
 
     def set_rng_state(self, state) -> None:
         self.trainer.rng.setstate(state)
-
-
-def _init_group(backend: str, rank: int, world_size: int, init_method: str) -> bool:
-    """Join the torch.distributed group through `longrl.distributed`; False when that module
-    (the FSDP2 trainer) is not there, which only one rank can do without."""
-    from longrl import trainer as trainer_module
-
-    try:
-        from longrl.distributed import init_group
-    except ImportError:
-        if world_size > 1:
-            raise ClusterError(f"cluster.trainer_ranks = {world_size} needs the FSDP2 trainer "
-                               "(longrl.distributed), which this install lacks: set cluster.trainer_ranks=1")
-        return False
-    if "distributed" not in inspect.signature(trainer_module.Trainer).parameters:
-        if world_size > 1:
-            raise ClusterError(f"cluster.trainer_ranks = {world_size}: this Trainer cannot shard; "
-                               "set cluster.trainer_ranks=1")
-        return False
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    init_group(backend, rank, world_size, init_method)
-    return True
 
 
 class _GroupRng:
