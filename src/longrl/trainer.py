@@ -494,8 +494,11 @@ class Trainer:
         `AutoModelForCausalLM.from_pretrained` loads. Every rank calls it; rank 0 writes."""
         weights = self.full_state_dict()
         if not self.distributed or group.rank() == 0:
-            # save_pretrained consumes the dict it is given (it drops tied copies): pass a copy
-            self.model.save_pretrained(path, state_dict=dict(weights))
+            # a tied weight once, under its first name, as the model's own save_pretrained writes
+            # it: an explicit state dict would also store the alias (lm_head.weight)
+            names = {n for n, _ in self.model.named_parameters(remove_duplicate=False)}
+            aliases = names - {n for n, _ in self.model.named_parameters()}
+            self.model.save_pretrained(path, state_dict={k: v for k, v in weights.items() if k not in aliases})
             if tokenizer is not None:
                 tokenizer.save_pretrained(path)
         if self.distributed:

@@ -199,6 +199,7 @@ def test_checkpointing_and_cpu_offload_metrics_match_one_process(group_results):
 
 
 def test_full_state_dict_and_save_pretrained_round_trip(group_results):
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     ranks, out = group_results
@@ -207,6 +208,7 @@ def test_full_state_dict_and_save_pretrained_round_trip(group_results):
     loaded = AutoModelForCausalLM.from_pretrained(out / "hf").state_dict()
     _assert_same_weights({k: v for k, v in loaded.items()}, ranks[0]["weights"], atol=0)
     assert loaded["lm_head.weight"].data_ptr() == loaded["model.embed_tokens.weight"].data_ptr()  # still tied
+    assert "lm_head.weight" not in load_file(out / "hf" / "model.safetensors")  # stored once, as HF does
 
 
 def test_save_state_and_load_state_restore_model_and_optimizer(group_results):
