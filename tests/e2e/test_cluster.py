@@ -23,10 +23,10 @@ try:
 except ImportError:  # the FSDP2 trainer is not in this install: one rank
     RANKS = 1
 
-RL = ["iterations=30", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
+RL = ["iterations=40", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
       "rollout.prompts_per_iter=16", "rollout.samples_per_prompt=8", "rollout.max_new_tokens=48",
       "train.lr=5e-5", "train.mini_batch_size=32", "train.row_tokens=256", "eval.every=0",
-      "eval.num_prompts=100", "eval.n_samples=4", "eval.max_new_tokens=48", "checkpoint_every=15"]
+      "eval.num_prompts=200", "eval.n_samples=4", "eval.max_new_tokens=48", "checkpoint_every=20"]
 DEFAULT = str(Path(__file__).parents[2] / "configs" / "default.toml")
 CLUSTER = ["cluster.enabled=true", f"cluster.trainer_ranks={RANKS}", "cluster.rollout_workers=2",
            "cluster.reward_workers=1", "threads=1"]
@@ -51,7 +51,7 @@ def test_cluster_run_learns_the_tiny_world(runs):
     start, end = rows[0]["eval/pass@1"], rows[-1]["eval/pass@1"]
     assert end >= start + 0.20, (start, end)  # held-out pass@1 up by at least 20 points
     trained = [r for r in rows if "reward/mean" in r]
-    assert len(trained) == 30
+    assert len(trained) == 40
     for r in trained:  # every engine was synced and checked every iteration, nothing failed
         assert r["sync/engines_checked"] == 2.0 and r["sync/probe_max_diff"] < 1e-3
         assert r["cluster/rollout_restarts"] == r["cluster/reward_restarts"] == 0.0
@@ -62,11 +62,11 @@ def test_cluster_run_learns_the_tiny_world(runs):
 def test_cluster_run_resumes_from_its_checkpoint(runs):
     copy = runs / "rl_resumed"
     shutil.copytree(runs / "rl", copy)
-    shutil.rmtree(copy / "checkpoints" / "30")
-    assert main(["train", "--resume", str(copy), "--no-progress", "iterations=17"]) == 0
+    shutil.rmtree(copy / "checkpoints" / "40")
+    assert main(["train", "--resume", str(copy), "--no-progress", "iterations=22"]) == 0
     resumed = {r["iteration"]: r for r in _metrics(copy)}
-    assert sorted(i for i in resumed if "reward/mean" in resumed[i]) == list(range(1, 18))
-    assert "eval/pass@1" in resumed[17]
+    assert sorted(i for i in resumed if "reward/mean" in resumed[i]) == list(range(1, 23))
+    assert "eval/pass@1" in resumed[22]
 
 
 def test_dead_trainer_rank_names_itself(runs, warmed_up_model):
