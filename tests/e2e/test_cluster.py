@@ -83,3 +83,20 @@ def test_dead_trainer_rank_names_itself(runs, warmed_up_model):
             run.trainer.train_iteration([])
     finally:
         close(run)
+
+
+def test_partial_rollouts_and_replay_buffer_run_unchanged_on_the_cluster(runs, warmed_up_model):
+    """Continuations from the driver's buffer go to the pool; importance weights need the trainer
+    group's `current_logprobs`; the sampler draws in the driver."""
+    partial = ["iterations=4", "world.tasks=['add']", "world.min_level=2", "world.max_level=2",
+               "rollout.prompts_per_iter=8", "rollout.samples_per_prompt=4", "rollout.max_new_tokens=48",
+               "eval.every=0", "eval.num_prompts=10", "eval.n_samples=1", "eval.max_new_tokens=48",
+               "partial.enabled=true", "partial.segment_tokens=16", "partial.max_age=3",
+               "partial.segment_loss='importance'", "sampler.kind='prioritized'"]
+    assert main(["train", f"out_dir={runs}", "name=partial", f"model.path={warmed_up_model}", "--no-progress",
+                 *partial, *CLUSTER]) == 0
+    rows = [r for r in _metrics(runs / "partial") if "rollout/continued" in r]
+    assert len(rows) == 4 and all(r["rollout/budget_reserved"] <= r["rollout/budget"] for r in rows)
+    assert sum(r["rollout/continued"] for r in rows) > 0  # unfinished trajectories came back
+    assert any("train/old_token_weight_mean" in r for r in rows)  # weighted by the group's log-probs
+    assert all(r["sync/engines_checked"] == 2.0 for r in rows)
