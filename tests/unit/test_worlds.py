@@ -147,3 +147,37 @@ def test_verbose_traces_are_true_verified_and_vary_in_length(task):
         for before, line in itertools.pairwise(lines):  # a check restates the step just before it
             if line.startswith("check "):
                 assert line == f"check {before.split()[0]} ok"
+
+
+
+
+def test_rep_trace_by_hand():
+    # 1095 + 7*3: 7 added three times to 1095, the additions left counting down to 0
+    text, answer, lines = make_problem("rep", 3, _fixed(1095, 7))
+    assert (text, answer) == ("1095+7*3", 1116)
+    assert lines == ["1095+7=1102 r2", "1102+7=1109 r1", "1109+7=1116 r0"]
+    assert format_trace(lines, answer) == "1095+7=1102 r2\n1102+7=1109 r1\n1109+7=1116 r0\nA: 1116"
+    # level 12: the count is padded to len(str(12 - 1)) = 2 digits, so every line has one length;
+    # line 10 starts from 1052 + 9*9 = 1133
+    text, answer, lines = make_problem("rep", 12, _fixed(1052, 9))
+    assert (text, answer) == ("1052+9*12", 1160)
+    assert lines[0] == "1052+9=1061 r11" and lines[9] == "1133+9=1142 r02" and lines[-1] == "1151+9=1160 r00"
+    assert len(lines) == 12 and {len(line) for line in lines} == {15}
+
+
+def test_rep_traces_run_past_1000_tokens_at_the_long_world_levels():
+    # configs/long_rl.toml trains levels 64-72. A line is 4 + 1 + 1 + 1 + 4 + 2 + 2 = 15
+    # characters plus a newline, so the shortest trace (level 64, start 1000, a = 2, answer
+    # 1000 + 2*64 = 1128) is 64*16 + len("A: 1128") = 1031 characters, one token each with the
+    # character tokenizer; the longest (level 72) is 72*16 + 7 = 1159
+    tok = build_char_tokenizer()
+    text, answer, lines = make_problem("rep", 64, _fixed(1000, 2))
+    trace = format_trace(lines, answer)
+    assert answer == 1128 and len(trace) == 64 * 16 + 7 == 1031
+    assert len(tok(trace, add_special_tokens=False).input_ids) == 1031
+    world = World(WorldConfig(tasks=["rep"], min_level=64, max_level=72, eval_size=50))
+    prompts = world.eval_prompts() + world.train_prompts(50)
+    assert {len(p.meta["trace"]) for p in prompts} <= {n * 16 + 7 for n in range(64, 73)}
+    assert len({len(p.meta["trace"]) for p in prompts}) > 5
+    assert [r.score for r in get_reward("world")(prompts, [p.meta["trace"] for p in prompts])] == [1.0] * 100
+    assert not {p.text for p in world.train_prompts(2000)} & {p.text for p in world.eval_prompts()}

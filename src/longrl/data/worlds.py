@@ -7,6 +7,8 @@ an exact verifier (the `world` reward). Task families and what their difficulty 
     sub    a - b with a >= b, both `level` digits, column by column with borrows
     mul    a * d, `a` of `level` digits times one digit, column by column with carries
     chain  the sum of `level` numbers of 1-2 digits, one partial sum per line
+    rep    s + a*n: the digit `a` added `n = level` times to the 4-digit `s`, one running total
+           per line with the additions left (`r`); at levels 64+ a trace runs to 1,000+ characters
 
 A trace ends with one answer line `A: <number>`; a *direct* trace is that line alone, with no chain
 of thought. For example, `347+285`:
@@ -15,6 +17,20 @@ of thought. For example, `347+285`:
     4+8+1=13 c1
     3+2+1=6 c0
     A: 632
+
+and `1095+7*3` (the long-context world runs `rep` at levels 64-72, docs/long_context.md):
+
+    1095+7=1102 r2
+    1102+7=1109 r1
+    1109+7=1116 r0
+    A: 1116
+
+Why `rep` is the long task: every line depends only on the line before it and on `a` (the additions
+left count down, so stopping is decided locally), at fixed distances back; tasks whose lines must
+index into a long question (the i-th term of a long `chain`, the i-th digit of a 90-digit sum)
+need a lookup whose distance changes from line to line. Errors compound over the 64-72 lines, and
+a small model can lower its loss by continuing the digit pattern of the lines above instead of
+adding; what the CPU warm-up reached is in docs/long_context.md.
 
 Trace styles (`WorldConfig.trace_style`). `concise` is the trace above. `verbose` re-checks its work
 the way a long chain of thought does (long2short, SPEC §7): each example draws a re-check rate p
@@ -51,7 +67,7 @@ from pathlib import Path
 from longrl.config import ConfigError, WorldConfig
 from longrl.types import Prompt
 
-TASKS = ("add", "sub", "mul", "chain")
+TASKS = ("add", "sub", "mul", "chain", "rep")
 _HOLDOUT_MODULUS = 10  # one problem in ten is reserved for evaluation
 
 
@@ -101,6 +117,14 @@ def _chain_trace(terms: list[int]) -> list[str]:
     return lines
 
 
+def _rep_trace(start: int, a: int, n: int) -> list[str]:
+    left_width, total, lines = len(str(n - 1)), start, []
+    for left in range(n - 1, -1, -1):
+        lines.append(f"{total}+{a}={total + a} r{left:0{left_width}d}")
+        total += a
+    return lines
+
+
 def make_problem(task: str, level: int, rng: random.Random) -> tuple[str, int, list[str]]:
     """Draw one problem: (question text, answer, chain-of-thought lines)."""
     lo, hi = 10 ** (level - 1), 10**level - 1
@@ -116,6 +140,14 @@ def make_problem(task: str, level: int, rng: random.Random) -> tuple[str, int, l
     if task == "chain":
         terms = [rng.randint(1, 99) for _ in range(max(level, 2))]
         return "+".join(map(str, terms)), sum(terms), _chain_trace(terms)
+    if task == "rep":
+        # A 4-digit start keeps every total at 4 digits up to level 888 (1999 + 9*888 = 9991), so
+        # every line of a trace has one length and each digit a step reads sits a fixed distance
+        # back; with 2-digit starts (lines of varying length) the SFT loss stayed at ~1.4 nats per
+        # character after ~1.5M tokens. A one-digit `a` makes most steps change only the last one
+        # or two digits (a 2-digit `a` left the loss at ~0.7 after ~2M tokens).
+        start, a = rng.randint(1000, 1999), rng.randint(2, 9)
+        return f"{start}+{a}*{level}", start + a * level, _rep_trace(start, a, level)
     raise ConfigError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
 
