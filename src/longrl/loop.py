@@ -32,7 +32,7 @@ from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
 from longrl.models import encode_prompt, load_policy, load_tokenizer
 from longrl.rewards.length import add_length_reward, length_weight
 from longrl.rewards.registry import build_rewards
-from longrl.rewards.score import score
+from longrl.rewards.score import prefetch, score
 from longrl.rollout.engine import InferenceEngine, make_engine
 from longrl.rollout.partial import partial_rollout, prepare_loss
 from longrl.rollout.repetition import apply_penalty, detector_factory
@@ -203,13 +203,17 @@ def iteration(run: Run) -> dict[str, float]:
                             max_new_tokens=c.rollout.max_new_tokens,
                             detector=detector_factory(c.repetition))
     k = c.rollout.samples_per_prompt
+    # remote rewards score each rollout worker's trajectories as it returns (`score` collects them)
+    start_scoring = lambda finished: prefetch(run.rewards, finished)  # noqa: E731
     if c.partial.enabled:  # budgeted segments; only complete groups come back (rollout/partial.py)
         trajectories, metrics = partial_rollout(
             run.engine, run.tokenizer, lambda prompt: encode_prompt(run.tokenizer, prompt), run.buffer,
-            run.sampler.sample, c.partial, c.rollout.prompts_per_iter, k, params, version=run.iteration)
+            run.sampler.sample, c.partial, c.rollout.prompts_per_iter, k, params, version=run.iteration,
+            on_finished=start_scoring)
     else:
         prompts = run.sampler.sample(c.rollout.prompts_per_iter)
-        trajectories, metrics = sample(run.engine, run.tokenizer, prompts, k, params, version=run.iteration)
+        trajectories, metrics = sample(run.engine, run.tokenizer, prompts, k, params, version=run.iteration,
+                                       on_finished=start_scoring)
     metrics |= score(trajectories, run.rewards)
     metrics |= run.sampler.update(trajectories)  # success rates from the task reward, before shaping
     weight = length_weight(run.iteration, c.reward.length_weight, c.reward.length_warmup)

@@ -30,15 +30,16 @@ SLOW_S = 3.0
 
 
 class _Faulty:
-    """Worker 1's first engine exits on its first generate; any engine sleeps while `slow` exists."""
+    """Worker 1's first engine exits on its first generate; an engine sleeps while `slow` exists
+    and is empty or names its seed."""
 
-    def __init__(self, engine, exits: bool, slow: str):
-        self.engine, self.exits, self.slow = engine, exits, slow
+    def __init__(self, engine, exits: bool, slow: str, seed: int):
+        self.engine, self.exits, self.slow, self.seed = engine, exits, slow, seed
 
     def generate(self, requests, params):
         if self.exits:
             os._exit(1)
-        if os.path.exists(self.slow):
+        if os.path.exists(self.slow) and open(self.slow).read() in ("", str(self.seed)):
             time.sleep(SLOW_S)
         return self.engine.generate(requests, params)
 
@@ -48,7 +49,7 @@ class _Faulty:
 
 def _faulty_engine(slow: str):
     def factory(config, model, tokenizer, seed):
-        return _Faulty(make_engine(config, model, tokenizer, seed), seed == worker_seed(SEED, 1, 0), slow)
+        return _Faulty(make_engine(config, model, tokenizer, seed), seed == worker_seed(SEED, 1, 0), slow, seed)
     return factory
 
 
@@ -187,6 +188,104 @@ def test_dead_reward_actor_is_replaced_and_its_chunk_scored_once(cluster, tmp_pa
     assert metrics == score(local, build_rewards(config))
     assert [(t.reward, t.reward_info) for t in trajectories] == [(t.reward, t.reward_info) for t in local]
     assert [t.reward for t in trajectories] == [0.5, 0.0, 0.0, 0.5, 0.0, 0.0]
+
+
+def _reward_pool(tmp_path, source: str, **options):
+    """2 reward actors scoring with the reward function in `source` (keyword options); the pool,
+    its remote rewards and the same rewards built in process."""
+    from longrl.cluster.rewards import RewardPool, RewardWorker, remote_rewards
+    from longrl.config import RewardConfig
+    from longrl.rewards.registry import build_rewards
+
+    (tmp_path / "reward.py").write_text(source)
+    ref = f"{tmp_path / 'reward.py'}:reward"
+    config = RewardConfig(names=[ref], weights=[0.5], options={ref: options})
+    worker = ray.remote(RewardWorker)
+    pool = RewardPool(lambda i: worker.options(num_cpus=0).remote(config, 1), 2)
+    return pool, remote_rewards(pool, config), build_rewards(config)
+
+
+LOGGING_REWARD = """
+def reward(prompt, response, log):
+    with open(log, "a") as f:
+        f.write("scored " + prompt.id + "\\n")
+    return float(len(response) % 2)
+"""
+
+
+def test_fast_workers_trajectories_are_scored_before_the_slow_worker_returns(cluster, tmp_path):
+    import copy
+
+    from longrl.rewards.score import prefetch, score
+    from longrl.rollout.sample import sample
+
+    made, tokenizer, slow = cluster
+    log = tmp_path / "log.txt"
+    pool, rewards, local = _reward_pool(tmp_path, LOGGING_REWARD, log=str(log))
+    ray.get([w.__ray_ready__.remote() for w in pool.workers])  # started before anything is timed
+
+    def arrived(finished):  # the driver's side of the same log, then scoring starts
+        with open(log, "a") as f:
+            f.write("arrived " + " ".join(t.prompt.id for t in finished) + "\n")
+        prefetch(rewards, finished)
+
+    with open(slow, "w") as f:  # only worker 1 (prompt p1's two rows) sleeps
+        f.write(str(worker_seed(SEED, 1, made.engine.generations[1])))
+    prompts = [Prompt(f"p{i}", f"what is {i}+1?") for i in range(2)]
+    try:
+        trajectories, _ = sample(made.engine, tokenizer, prompts, 2, SamplingParams(max_new_tokens=4),
+                                 on_finished=arrived)
+        scored_copy = copy.deepcopy(trajectories)
+        metrics = score(trajectories, rewards)
+        faults = pool.take_fault_metrics()
+    finally:
+        os.remove(slow)
+        pool.shutdown()
+    lines = log.read_text().splitlines()
+    assert lines[0] == "arrived p0 p0"
+    assert sorted(lines[1:3]) == ["scored p0", "scored p0"]  # both scored while worker 1 sleeps
+    assert lines[3] == "arrived p1 p1"
+    assert sorted(lines[4:]) == ["scored p1", "scored p1"]  # and nothing scored twice
+    assert faults == {"cluster/reward_restarts": 0.0, "cluster/scored_during_rollout": 1.0}
+    assert metrics == score(scored_copy, local)
+    assert [t.reward for t in trajectories] == [0.5 * (len(t.text) % 2) for t in trajectories]
+
+
+def test_prefetched_items_are_scored_once_when_a_reward_actor_dies(cluster, tmp_path):
+    import copy
+
+    from longrl.rewards.score import prefetch, score
+
+    log, marker = tmp_path / "scored.txt", tmp_path / "died"
+    pool, rewards, local = _reward_pool(tmp_path, REWARD, log=str(log), marker=str(marker))
+    trajectories = [Trajectory(Prompt(f"p{i}", "q"), 0, [1], text="x" * i) for i in range(6)]
+    local_copy = copy.deepcopy(trajectories)
+    try:
+        prefetch(rewards, trajectories[:4])  # the first chunk to arrive kills its actor
+        metrics = score(trajectories, rewards)
+        faults = pool.take_fault_metrics()
+    finally:
+        pool.shutdown()
+    assert sorted(log.read_text().split()) == [f"p{i}" for i in range(6)]  # each scored exactly once
+    assert faults == {"cluster/reward_restarts": 1.0, "cluster/scored_during_rollout": 4 / 6}
+    assert metrics == score(local_copy, local)
+    assert [t.reward for t in trajectories] == [0.5, 0.0, 0.0, 0.5, 0.0, 0.0]
+
+
+def test_generate_stream_with_a_dead_worker_loses_nothing(cluster):
+    made, tokenizer, slow = cluster
+    requests = _requests(tokenizer, 6)
+    open(slow, "w").close()  # every engine sleeps SLOW_S: the kill lands mid-call
+    killer = threading.Timer(SLOW_S / 3, ray.kill, [made.engine.workers[0]])
+    killer.start()
+    try:
+        streamed = list(made.engine.generate_stream(requests, SamplingParams(temperature=1.0, max_new_tokens=8)))
+    finally:
+        killer.join()
+        os.remove(slow)
+    assert [list(indices) for indices, _ in streamed] == [[3, 4, 5], [0, 1, 2]]  # worker 0's chunk re-run
+    assert all(len(out) == 3 and all(c.token_ids for c in out) for _, out in streamed)
+    assert made.engine.take_fault_metrics() == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0}
 
 
 def test_dead_trainer_rank_stops_with_its_rank_named(cluster):

@@ -2,7 +2,9 @@
 
 Each `RolloutWorker` is a Ray actor holding one engine built by `make_engine` (transformers or
 vLLM, `rollout.engine`) from the model directory. `EnginePool.generate` cuts the requests into
-one contiguous chunk per worker, sends them all, and puts the completions back in request order.
+one contiguous chunk per worker, sends them all, and puts the completions back in request order;
+`generate_stream` yields each worker's chunk as soon as it returns (the driver finalises those
+trajectories and starts scoring them while the other workers still generate).
 
 Faults. A worker that dies (`ray.exceptions.RayActorError`: killed, out of memory, its node
 lost) is replaced by a new actor with a new sampling seed; `restore(index)` (set by `ClusterSync`)
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import ray
 import torch
@@ -129,17 +131,16 @@ class EnginePool:
         self.restarts = self.reissued = 0
         return out
 
-    def _gather(self, submit: Callable[[int, range], ray.ObjectRef], parts: list[range], what: str) -> list:
-        """Run `submit(worker, part)` for every non-empty part; on a dead worker restart it and
-        submit its part again. Returns each part's result, in part order."""
-        results: list = [None] * len(parts)
+    def _stream(self, submit: Callable[[int, range], ray.ObjectRef], parts: list[range], what: str):
+        """Run `submit(worker, part)` for every non-empty part and yield `(part index, result)` as
+        each returns; on a dead worker restart it and submit its part again."""
         pending = {submit(i, part): i for i, part in enumerate(parts) if len(part)}
         deaths = [0] * len(parts)
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(ref)
             try:
-                results[i] = ray.get(ref)
+                result = ray.get(ref)
             except RayActorError as exc:
                 deaths[i] += 1
                 if deaths[i] > MAX_RESTARTS:
@@ -149,16 +150,34 @@ class EnginePool:
                 self.restart(i)
                 self.reissued += len(parts[i])
                 pending[submit(i, parts[i])] = i
+                continue
+            yield i, result
+
+    def _gather(self, submit: Callable[[int, range], ray.ObjectRef], parts: list[range], what: str) -> list:
+        """`_stream`'s results in part order (None for an empty part)."""
+        results: list = [None] * len(parts)
+        for i, result in self._stream(submit, parts, what):
+            results[i] = result
         return results
 
     # -- the InferenceEngine protocol ---------------------------------------------------------------
 
-    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
+    def generate_stream(self, requests: Sequence[GenerationRequest],
+                        params: SamplingParams) -> Iterator[tuple[range, list[Completion]]]:
+        """`(request indices, their completions)` for each worker's chunk, as soon as that worker
+        returns; every request comes back exactly once (faults as in the module docstring)."""
         parts = chunks(len(requests), self.size)
         params_ref = ray.put(params)
-        out = self._gather(lambda i, part: self.workers[i].generate.remote(
-            [requests[j] for j in part], params_ref), parts, "generate")
-        return [c for part in out if part for c in part]
+        for i, completions in self._stream(lambda i, part: self.workers[i].generate.remote(
+                [requests[j] for j in part], params_ref), parts, "generate"):
+            yield parts[i], completions
+
+    def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
+        out: list = [None] * len(requests)
+        for indices, completions in self.generate_stream(requests, params):
+            for j, completion in zip(indices, completions):
+                out[j] = completion
+        return out
 
     def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
               temperature: float = 1.0) -> list[list[float]]:

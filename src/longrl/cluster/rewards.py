@@ -11,15 +11,17 @@ Faults: a worker that dies while scoring is replaced and its chunk scored again,
 death of the same chunk stops the run with `ClusterError` (a response that kills its scorer, e.g.
 code run outside the sandbox, would otherwise kill every replacement too).
 
-Deviation from the paper's layout: scoring starts when the rollout phase has returned, not as
-each rollout worker finishes. A reward needs the `Prompt` (its reference answer or tests), and
-the engine seam carries token ids only; `rollout/sample.py` decodes and scores whole batches.
-The chunks of one batch do score in parallel (what a slow verifier or the sandbox needs).
+Scoring overlaps generation: `prefetch(prompts, responses)` submits a batch's chunks at once and
+keeps their futures, keyed by (prompt object, response); the loop calls it for each rollout
+worker's finished trajectories as that worker returns (`rollout/sample.py`'s `on_finished`). A
+later call takes its prefetched items' futures and submits only the rest, so each item is scored
+once. Futures of items never scored (a group dropped by age) stay held; they are small.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import ray
 from ray.exceptions import RayActorError
@@ -50,6 +52,19 @@ class RewardWorker:
                 for t in totals]
 
 
+@dataclass(eq=False)
+class _Chunk:
+    """One submitted scoring call: its items, the actor it went to, and (once back) its results."""
+
+    worker: int
+    actor: ray.actor.ActorHandle | None
+    prompts: list[Prompt]
+    responses: list[str]
+    ref: ray.ObjectRef | None
+    results: list[RewardResult] | None = None
+    retried: bool = False
+
+
 class RewardPool:
     """N reward actors; `score(name, prompts, responses)` spreads one batch over them."""
 
@@ -57,28 +72,41 @@ class RewardPool:
         self.spawn, self.size = spawn, size
         self.workers = [spawn(i) for i in range(size)]
         self.restarts = 0  # since the last `take_fault_metrics`
+        self.items = self.prefetched = 0  # items scored by `RemoteReward` calls, and how many prefetched
 
     def score(self, name: str, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[RewardResult]:
+        parts = self.submit(name, prompts, responses)
+        self.resolve(name, parts)
+        return [r for part in parts for r in part.results]
+
+    def submit(self, name: str, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[_Chunk]:
+        """One chunk per worker, sent now; `resolve` collects them."""
         parts = [p for p in chunks(len(prompts), self.size) if len(p)]
-        submit = lambda i, part: self.workers[i].score.remote(  # noqa: E731
-            name, [prompts[j] for j in part], [responses[j] for j in part])
-        pending = {submit(i, part): i for i, part in enumerate(parts)}
-        results: list[list[RewardResult]] = [[] for _ in parts]
-        retried: set[int] = set()
+        return [self._send(name, _Chunk(i, None, [prompts[j] for j in part], [responses[j] for j in part], None))
+                for i, part in enumerate(parts)]
+
+    def _send(self, name: str, chunk: _Chunk) -> _Chunk:
+        chunk.actor = self.workers[chunk.worker]
+        chunk.ref = chunk.actor.score.remote(name, chunk.prompts, chunk.responses)
+        return chunk
+
+    def resolve(self, name: str, parts: Sequence[_Chunk]) -> None:
+        """Fill every chunk's `results`; a chunk whose actor died is sent again once."""
+        pending = {c.ref: c for c in parts if c.results is None}
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ref)
+            chunk = pending.pop(ref)
             try:
-                results[i] = ray.get(ref)
+                chunk.results = ray.get(ref)
             except RayActorError as exc:
-                if i in retried:
-                    raise ClusterError(f"reward worker {i} died twice scoring the same {len(parts[i])} "
-                                       f"responses with reward {name!r}; see its log under "
-                                       "/tmp/ray/session_latest/logs") from exc
-                retried.add(i)
-                self._restart(i)
-                pending[submit(i, parts[i])] = i
-        return [r for part in results for r in part]
+                if chunk.retried:
+                    raise ClusterError(f"reward worker {chunk.worker} died twice scoring the same "
+                                       f"{len(chunk.prompts)} responses with reward {name!r}; see its log "
+                                       "under /tmp/ray/session_latest/logs") from exc
+                chunk.retried = True
+                if self.workers[chunk.worker] is chunk.actor:  # not yet replaced for another chunk
+                    self._restart(chunk.worker)
+                pending[self._send(name, chunk).ref] = chunk
 
     def _restart(self, index: int) -> None:
         try:
@@ -89,8 +117,12 @@ class RewardPool:
         self.restarts += 1
 
     def take_fault_metrics(self) -> dict[str, float]:
-        out = {"cluster/reward_restarts": float(self.restarts)}
-        self.restarts = 0
+        """`cluster/reward_restarts`, and `cluster/scored_during_rollout`: the share of the items
+        scored since the last call whose scoring was submitted during the rollout (evaluation
+        items never are)."""
+        out = {"cluster/reward_restarts": float(self.restarts),
+               "cluster/scored_during_rollout": self.prefetched / max(self.items, 1)}
+        self.restarts = self.items = self.prefetched = 0
         return out
 
     def shutdown(self) -> None:
@@ -99,13 +131,39 @@ class RewardPool:
 
 
 class RemoteReward:
-    """A `Reward` whose calls are scored by the reward pool (module docstring)."""
+    """A `Reward` whose calls are scored by the reward pool, prefetched where they can be
+    (module docstring)."""
 
     def __init__(self, pool: RewardPool, name: str):
         self.pool, self.name = pool, name
+        # (id(prompt), response) -> [(prompt, chunk, position in chunk)]; the prompt is kept so
+        # its id cannot be reused by another object while the entry lives
+        self.held: dict[tuple[int, str], list[tuple[Prompt, _Chunk, int]]] = {}
+
+    def prefetch(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> None:
+        """Submit these items now; a later call with them uses these futures."""
+        for chunk in self.pool.submit(self.name, prompts, responses):
+            for at, (prompt, response) in enumerate(zip(chunk.prompts, chunk.responses)):
+                self.held.setdefault((id(prompt), response), []).append((prompt, chunk, at))
+
+    def _take(self, prompt: Prompt, response: str) -> tuple[_Chunk, int] | None:
+        entries = self.held.get((id(prompt), response))
+        if not entries:
+            return None
+        _, chunk, at = entries.pop()
+        if not entries:
+            del self.held[(id(prompt), response)]
+        return chunk, at
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[RewardResult]:
-        return self.pool.score(self.name, list(prompts), list(responses))
+        taken = [self._take(p, r) for p, r in zip(prompts, responses)]
+        rest = [j for j, t in enumerate(taken) if t is None]
+        fresh = self.pool.submit(self.name, [prompts[j] for j in rest], [responses[j] for j in rest])
+        self.pool.resolve(self.name, list({id(c): c for c, _ in filter(None, taken)}.values()) + fresh)
+        self.pool.items += len(prompts)
+        self.pool.prefetched += len(prompts) - len(rest)
+        fresh_results = iter([r for chunk in fresh for r in chunk.results])
+        return [t[0].results[t[1]] if t else next(fresh_results) for t in taken]
 
 
 def remote_rewards(pool: RewardPool, reward_config) -> dict[str, tuple[RemoteReward, float]]:

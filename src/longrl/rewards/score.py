@@ -50,6 +50,15 @@ def score_batch(rewards: Rewards, prompts: Sequence[Prompt], responses: Sequence
     return totals
 
 
+def prefetch(rewards: Rewards, trajectories: Sequence[Trajectory]) -> None:
+    """Start scoring finished trajectories now with the rewards that can (remote rewards,
+    `cluster/rewards.py`); `score` later collects those results. In-process rewards: nothing."""
+    for reward, _ in rewards.values():
+        start = getattr(reward, "prefetch", None)
+        if start is not None and trajectories:
+            start([t.prompt for t in trajectories], [t.text for t in trajectories])
+
+
 def score(trajectories: Sequence[Trajectory], rewards: Rewards) -> dict[str, float]:
     """Fill each trajectory's `reward` and `reward_info`; return `reward/...` metrics."""
     results = score_batch(rewards, [t.prompt for t in trajectories], [t.text for t in trajectories])

@@ -76,8 +76,10 @@ def plan(unfinished: Sequence[Trajectory], config: PartialRolloutConfig, budget:
 def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], buffer: ReplayBuffer,
                     new_prompts: Callable[[int], list[Prompt]], config: PartialRolloutConfig,
                     prompts_per_iter: int, k: int, params: SamplingParams,
-                    version: int) -> tuple[list[Trajectory], dict[str, float]]:
-    """One iteration's rollout phase (module docstring); returns the complete, unscored groups."""
+                    version: int, on_finished: Callable[[list[Trajectory]], None] | None = None,
+                    ) -> tuple[list[Trajectory], dict[str, float]]:
+    """One iteration's rollout phase (module docstring); returns the complete, unscored groups.
+    `on_finished` gets the trajectories that finish within this call's segments (`extend`)."""
     budget = token_budget(config, prompts_per_iter, k)
     continued, left, n_new, new_cap = plan(buffer.take_unfinished(), config, budget, k,
                                            params.max_new_tokens, prompts_per_iter)
@@ -89,7 +91,8 @@ def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], bu
     # an engine that pads every context of a call to the longest gets continuations and new rows
     # in two calls, so new rows are not padded to long contexts (module docstring, step 3)
     split_at = len(continued) if getattr(engine, "pads_contexts", True) else None
-    new_tokens, elapsed = extend(engine, tokenizer, work, params, version, split_at)  # steps 4 and tagging
+    new_tokens, elapsed = extend(engine, tokenizer, work, params, version, split_at,  # steps 4 and tagging
+                                 on_finished)
     finished = [t for t, _ in work if t.finish_reason is not None]
     still = [t for t, _ in work if t.finish_reason is None]
     forced = 0

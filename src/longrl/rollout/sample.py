@@ -11,11 +11,11 @@ thus a partial rollout whose every trajectory finishes within its first segment.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from longrl.models import encode_prompt
 from longrl.rollout.contract import ends_response
-from longrl.types import FinishReason, GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
+from longrl.types import Completion, FinishReason, GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
 
 
 def segment_finish(reason: FinishReason, total: int, max_new_tokens: int) -> FinishReason | None:
@@ -30,34 +30,71 @@ def segment_finish(reason: FinishReason, total: int, max_new_tokens: int) -> Fin
     return "length" if total >= max_new_tokens else None
 
 
+def _finalise(tokenizer, work: Sequence[tuple[Trajectory, int | None]], positions: Iterable[int],
+              completions: Sequence[Completion], max_new_tokens: int, version: int) -> list[Trajectory]:
+    """Append each completion as its trajectory's segment; returns the trajectories it finished."""
+    finished = []
+    for at, c in zip(positions, completions):
+        t = work[at][0]
+        t.segments.append(Segment(c.token_ids, c.logprobs, version))
+        t.finish_reason = segment_finish(c.finish_reason, t.num_response_tokens, max_new_tokens)
+        if t.finish_reason is not None:
+            t.text = tokenizer.decode(t.response_ids, skip_special_tokens=True)
+            finished.append(t)
+    return finished
+
+
 def extend(engine, tokenizer, work: Sequence[tuple[Trajectory, int | None]], params: SamplingParams,
-           version: int, split_at: int | None = None) -> tuple[int, float]:
+           version: int, split_at: int | None = None,
+           on_finished: Callable[[list[Trajectory]], None] | None = None) -> tuple[int, float]:
     """Grow each trajectory of `work` by one segment of at most its cap (None: no cap of its own).
 
     Trajectories continue from their response so far. `split_at` sends `work[:split_at]` and
     the rest in two engine calls (for engines that pad every context of a call to the longest).
+    `on_finished(trajectories)` gets the trajectories that finished: chunk by chunk as they
+    arrive from an engine with `generate_stream` (the cluster's pool, so their rewards can be
+    scored while other workers still generate), else once at the end.
     Returns (new tokens, seconds spent generating).
     """
     requests = [GenerationRequest(t.prompt_ids, t.response_ids, cap) for t, cap in work]
-    parts = [requests] if split_at is None else [requests[:split_at], requests[split_at:]]
+    bounds = [(0, len(work))] if split_at is None else [(0, split_at), (split_at, len(work))]
+    if hasattr(engine, "generate_stream"):
+        return _extend_streamed(engine, tokenizer, work, requests, bounds, params, version, on_finished)
     start, completions = time.perf_counter(), []
-    for part in parts:
-        completions += engine.generate(part, params) if part else []
+    for lo, hi in bounds:
+        completions += engine.generate(requests[lo:hi], params) if hi > lo else []
     elapsed = time.perf_counter() - start
-    for (t, _), c in zip(work, completions):
-        t.segments.append(Segment(c.token_ids, c.logprobs, version))
-        t.finish_reason = segment_finish(c.finish_reason, t.num_response_tokens, params.max_new_tokens)
-        if t.finish_reason is not None:
-            t.text = tokenizer.decode(t.response_ids, skip_special_tokens=True)
+    finished = _finalise(tokenizer, work, range(len(work)), completions, params.max_new_tokens, version)
+    if on_finished is not None:
+        on_finished(finished)
     return sum(len(c.token_ids) for c in completions), elapsed
 
 
+def _extend_streamed(engine, tokenizer, work, requests, bounds, params, version,
+                     on_finished) -> tuple[int, float]:
+    """`extend` through `engine.generate_stream`; its seconds include finalising the chunks."""
+    start, new_tokens = time.perf_counter(), 0
+    for lo, hi in bounds:
+        if hi == lo:
+            continue
+        for indices, completions in engine.generate_stream(requests[lo:hi], params):
+            positions = [lo + j for j in indices]
+            finished = _finalise(tokenizer, work, positions, completions, params.max_new_tokens, version)
+            new_tokens += sum(len(c.token_ids) for c in completions)
+            if on_finished is not None and finished:
+                on_finished(finished)
+    return new_tokens, time.perf_counter() - start
+
+
 def sample(engine, tokenizer, prompts: Sequence[Prompt], k: int, params: SamplingParams, version: int = 0,
-           prefixes: Sequence[str] | None = None) -> tuple[list[Trajectory], dict[str, float]]:
+           prefixes: Sequence[str] | None = None,
+           on_finished: Callable[[list[Trajectory]], None] | None = None,
+           ) -> tuple[list[Trajectory], dict[str, float]]:
     """k finished trajectories per prompt, in prompt order, each one segment sampled by `version`.
 
     `prefixes[i]`, optional, is text every response to prompt i is forced to start with: it
     conditions the generation, becomes part of the trajectory's prompt, and is not in its text.
+    `on_finished` as in `extend`.
     """
     trajectories = []
     for i, prompt in enumerate(prompts):
@@ -65,7 +102,8 @@ def sample(engine, tokenizer, prompts: Sequence[Prompt], k: int, params: Samplin
         if prefixes and prefixes[i]:
             ids = ids + tokenizer.encode(prefixes[i], add_special_tokens=False)
         trajectories += [Trajectory(prompt, j, ids) for j in range(k)]
-    new_tokens, elapsed = extend(engine, tokenizer, [(t, None) for t in trajectories], params, version)
+    new_tokens, elapsed = extend(engine, tokenizer, [(t, None) for t in trajectories], params, version,
+                                 on_finished=on_finished)
     return trajectories, rollout_metrics(trajectories, new_tokens, elapsed)
 
 
