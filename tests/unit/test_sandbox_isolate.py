@@ -268,3 +268,19 @@ def test_unsafe_mode_refused_without_opt_in():
         unsafe = Isolator(SandboxConfig(init="/nonexistent", allow_unsafe=True))
     assert unsafe.unsafe
     assert unsafe.run_code("python", "print(6*7)").run.stdout == b"42\n"
+
+
+def test_package_binds_find_the_installed_files_whatever_sys_modules_holds(monkeypatch):
+    # importing ray leaves a module named `colorful` with no __spec__ in sys.modules, and
+    # importlib.util.find_spec then raises; the jail needs the files on disk, found on sys.path
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    from longrl.sandbox.isolate import Isolator
+
+    pytest.importorskip("colorful")  # installed with cyaron (the `sandbox` extra)
+    monkeypatch.setitem(sys.modules, "colorful", types.ModuleType("colorful"))  # __spec__ is None
+    stand_in = SimpleNamespace(config=SimpleNamespace(python_packages=["colorful"]))
+    [(source, target)] = Isolator._python_package_binds(stand_in)
+    assert (source / "__init__.py").is_file() and target == "/opt/longrl-py/colorful"

@@ -463,11 +463,14 @@ class Isolator:
         return compiled, _Program([f"{jail_out}/prog"], [*binds, (out, "/out")])
 
     def _python_package_binds(self) -> list[tuple[Path, str]]:
-        import importlib.util
+        import importlib.machinery
 
         binds = []
         for name in self.config.python_packages:
-            spec = importlib.util.find_spec(name)
+            # the installed files, found on sys.path: `importlib.util.find_spec` would consult
+            # sys.modules first, where a library may have put a module of that name without a spec
+            # (importing ray does so for `colorful`, and find_spec then raises)
+            spec = importlib.machinery.PathFinder.find_spec(name)
             if spec is None or not spec.origin:
                 raise ValueError(f"SandboxConfig.python_packages: {name!r} is not importable here")
             origin = Path(spec.origin)
