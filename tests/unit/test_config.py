@@ -100,3 +100,12 @@ def test_cli_missing_model_directory(tmp_path, capsys):
     assert main(["train", f"model.path={tmp_path / 'missing'}"]) == 2
     err = capsys.readouterr().err
     assert "model directory" in err and "does not exist" in err
+
+
+def test_an_unknown_world_task_is_caught_when_the_config_loads(tmp_path):
+    path = tmp_path / "w.toml"
+    path.write_text('[world]\ntasks = ["add", "mull"]\n')
+    with pytest.raises(ConfigError, match=r"w.toml: world.tasks: unknown task 'mull'; did you mean 'mul'\?"):
+        load_config(RunConfig, path)
+    with pytest.raises(ConfigError, match=r"need 1 <= min_level <= max_level, got 3 and 2"):
+        load_config(RunConfig, None, ["world.min_level=3", "world.max_level=2"])

@@ -5,8 +5,9 @@ Each field documents itself (`opt(default, help)`); `longrl train --help` prints
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import difflib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from longrl.config.loader import ConfigError, opt
@@ -49,6 +50,17 @@ class WorldConfig:
         "concise", "Chain-of-thought style of the reference traces: `concise` (one line per step) or "
                    "`verbose` (steps re-checked and the answer re-verified, a random number of times "
                    "per example, so correct traces of one problem differ in length; long2short, SPEC §7).")
+
+    def __post_init__(self) -> None:
+        from longrl.data.worlds import TASKS  # lazily: worlds.py imports this module
+
+        for task in self.tasks:
+            if task not in TASKS:
+                close = difflib.get_close_matches(task, TASKS, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"world.tasks: unknown task {task!r}{hint} (tasks: {', '.join(TASKS)})")
+        if not 1 <= self.min_level <= self.max_level:
+            raise ConfigError(f"world: need 1 <= min_level <= max_level, got {self.min_level} and {self.max_level}")
 
 
 @dataclass
