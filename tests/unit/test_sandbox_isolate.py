@@ -284,3 +284,25 @@ def test_package_binds_find_the_installed_files_whatever_sys_modules_holds(monke
     stand_in = SimpleNamespace(config=SimpleNamespace(python_packages=["colorful"]))
     [(source, target)] = Isolator._python_package_binds(stand_in)
     assert (source / "__init__.py").is_file() and target == "/opt/longrl-py/colorful"
+
+
+def test_a_bind_source_others_cannot_reach_is_mounted_from_a_reachable_copy(tmp_path):
+    # nsjail refuses to mount from under a mode-0700 directory ("try 'chmod o+x' on source path")
+    import os
+
+    from longrl.sandbox.isolate import reachable
+
+    private = tmp_path / "home"
+    (private / "pkg").mkdir(parents=True)
+    (private / "pkg" / "__init__.py").write_text("X = 1\n")
+    (private / "init").write_bytes(b"\x7fELF")
+    os.chmod(private, 0o700)
+    for source in (private / "pkg", private / "init"):
+        copy = reachable(source)
+        assert copy != source and copy.name == source.name
+        assert all(os.stat(parent).st_mode & 0o001 for parent in copy.parents)
+        assert reachable(source) == copy  # copied once
+    assert (reachable(private / "pkg") / "__init__.py").read_text() == "X = 1\n"
+    from pathlib import Path
+
+    assert reachable("/usr/bin/env") == Path("/usr/bin/env").resolve()  # reachable: used as it is

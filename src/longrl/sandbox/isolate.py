@@ -49,6 +49,7 @@ only and says so loudly.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -190,6 +191,32 @@ def _find_init(explicit: str | None) -> str:
     )
 
 
+def reachable(path: str | Path) -> Path:
+    """`path`, or a copy of it that a jail can mount: nsjail refuses a bind source under a
+    directory others cannot enter (a clone under a mode-0700 home or `mktemp -d`), so such a
+    file or package directory is copied once into a world-readable cache and the copy is used."""
+    path = Path(path).resolve()
+    if all(os.stat(parent).st_mode & 0o001 for parent in path.parents):
+        return path
+    cache = Path(tempfile.gettempdir()) / f"longrl-jail-{os.getuid()}"
+    cache.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(cache, 0o755)
+    key = hashlib.blake2b(str(path).encode(), digest_size=8).hexdigest()  # stable across processes
+    copy = cache / key / path.name
+    if not copy.exists():
+        staging = Path(tempfile.mkdtemp(dir=cache))
+        os.chmod(staging, 0o755)
+        if path.is_dir():
+            shutil.copytree(path, staging / path.name)
+        else:
+            shutil.copy2(path, staging / path.name)
+        try:
+            staging.rename(copy.parent)  # atomic: concurrent Isolators never see half a copy
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # another process staged it first
+    return copy
+
+
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*")
 
 
@@ -255,7 +282,7 @@ class Isolator:
         self.unsafe = False
         try:
             self.nsjail = _find_nsjail(self.config.nsjail)
-            self.init = _find_init(self.config.init)
+            self.init = str(reachable(_find_init(self.config.init)))
             self.cgroups = Cgroups(self.config.cgroup_name)
             self._policy_file = _policy_file(self.config.work_root)
             self._prefix = _single_lines(self._jail_prefix())
@@ -475,9 +502,9 @@ class Isolator:
                 raise ValueError(f"SandboxConfig.python_packages: {name!r} is not importable here")
             origin = Path(spec.origin)
             if spec.submodule_search_locations:  # a package: bind its directory
-                binds.append((origin.parent, f"/opt/longrl-py/{name}"))
+                binds.append((reachable(origin.parent), f"/opt/longrl-py/{name}"))
             else:
-                binds.append((origin, f"/opt/longrl-py/{origin.name}"))
+                binds.append((reachable(origin), f"/opt/longrl-py/{origin.name}"))
         return binds
 
     # -- the jail -----------------------------------------------------------------------------
