@@ -19,12 +19,8 @@ class MetricLogger(Protocol):
 
 
 class JsonlLogger:
-    def __init__(self, path: Path, keep_until: int | None = None):
-        """Append to `path`; when resuming, first drop rows after iteration `keep_until`."""
-        if keep_until is not None and path.exists():
-            rows = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", -1) <= keep_until]
-            path.write_text("".join(r + "\n" for r in rows))
+    def __init__(self, path: Path):
+        """Append to `path` (a resumed run's rows after its checkpoint are cut first: `checkpoint.cut_logs`)."""
         self.file = path.open("a")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -37,10 +33,12 @@ class JsonlLogger:
 
 
 class TensorBoardLogger:
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, purge_step: int = 0):
+        """`purge_step` > 0 (a resumed run): TensorBoard drops the events at that step and later
+        that an earlier, killed writer left, so each step is shown once."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step or None)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():

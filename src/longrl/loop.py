@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from longrl import checkpoint
 from longrl.buffer import ReplayBuffer
 from longrl.config import RunConfig, dump_toml, load_config
 from longrl.data.sources import load_sources
@@ -146,44 +147,53 @@ def load_optimizer(trainer, checkpoint: Path, saved) -> None:
         trainer.optimizer.load_state_dict(saved)
 
 
-def save_checkpoint(run: Run, path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    # through the trainer, which gathers a sharded model (a trainer group, FSDP2) before writing
-    run.trainer.save_pretrained(path, run.tokenizer)
-    optimizer = None
-    if not run.config.train.reset_optimizer:  # model and optimizer, sharded, in path/state
-        run.trainer.save_state(path / "state")
-        optimizer = "state/"
-    # the HF engine samples from its own torch generator; vLLM is seeded once at construction,
-    # so a resumed vLLM run continues with fresh sampling randomness
-    generator = getattr(run.engine, "generator", None)
-    torch.save({
-        "iteration": run.iteration, "optimizer": optimizer, "sampler": run.sampler.state_dict(),
-        "buffer": run.buffer.state_dict(), "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
-        "engine_rng": generator.get_state() if generator is not None else None,
-        "trainer_rng": run.trainer.rng.getstate(),
-    }, path / "trainer_state.pt")
+def save_checkpoint(run: Run) -> Path:
+    """Checkpoint `run` at its iteration into `checkpoints/<iteration>/`, crash-safely (`checkpoint.py`)."""
 
+    def write(path: Path) -> None:
+        # through the trainer, which gathers a sharded model (a trainer group, FSDP2) before writing
+        run.trainer.save_pretrained(path, run.tokenizer)
+        optimizer = None
+        if not run.config.train.reset_optimizer:  # model and optimizer, sharded, in path/state
+            run.trainer.save_state(path / "state")
+            optimizer = "state/"
+        # the HF engine samples from its own torch generator; vLLM is seeded once at construction,
+        # so a resumed vLLM run continues with fresh sampling randomness
+        generator = getattr(run.engine, "generator", None)
+        torch.save({
+            "iteration": run.iteration, "optimizer": optimizer, "sampler": run.sampler.state_dict(),
+            "buffer": run.buffer.state_dict(), "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(),
+            "engine_rng": generator.get_state() if generator is not None else None,
+            "trainer_rng": run.trainer.rng.getstate(),
+        }, path / "trainer_state.pt")
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = sorted((run_dir / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
-    return found[-1] if found else None
+    return checkpoint.save(run.dir / "checkpoints", run.iteration, write, keep=run.config.checkpoint_keep)
 
 
 def resume(run_dir: str | Path, overrides: list[str] = ()) -> Run:
-    """Rebuild a run from its directory alone: its config and its latest checkpoint.
+    """Rebuild a run from its directory alone: its config and its latest complete checkpoint.
 
-    `overrides` change the saved config, e.g. `iterations=200` to train further.
+    What the run logged after that checkpoint (metrics, samples, TensorBoard events) is cut, so
+    the resumed run logs those iterations once more, and only once. A run killed before its first
+    checkpoint starts again from iteration 0. `overrides` change the saved config, e.g.
+    `iterations=200` to train further.
     """
     run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise LongrlError(f"{run_dir}: not a run directory (no config.toml)")
     config = load_config(RunConfig, run_dir / "config.toml", overrides)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise LongrlError(f"{run_dir}: no checkpoint to resume from in checkpoints/")
-    run = setup(config, model_path=str(checkpoint))
+    checkpoint.remove_partial(run_dir / "checkpoints")
+    latest = checkpoint.latest(run_dir / "checkpoints")
+    if latest is None:
+        checkpoint.cut_logs(run_dir, -1)
+        run = setup(config)
+        run.dir = run_dir
+        return run
+    run = setup(config, model_path=str(latest))
     run.dir = run_dir
-    state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    state = torch.load(latest / "trainer_state.pt", weights_only=False)
     run.iteration = state["iteration"]
+    checkpoint.cut_logs(run_dir, run.iteration)
     run.sampler.load_state_dict(state["sampler"])
     run.buffer.load_state_dict(state["buffer"])
     random.setstate(state["python_rng"])
@@ -191,7 +201,7 @@ def resume(run_dir: str | Path, overrides: list[str] = ()) -> Run:
     if state["engine_rng"] is not None and getattr(run.engine, "generator", None) is not None:
         run.engine.generator.set_state(state["engine_rng"])
     run.trainer.rng.setstate(state["trainer_rng"])
-    load_optimizer(run.trainer, checkpoint, state["optimizer"])
+    load_optimizer(run.trainer, latest, state["optimizer"])
     return run
 
 
@@ -247,9 +257,10 @@ def train(run: Run, show_progress: bool = True) -> dict[str, float]:
     c = run.config
     run.dir.mkdir(parents=True, exist_ok=True)
     (run.dir / "config.toml").write_text(dump_toml(c))
-    resumed_from = run.iteration if run.iteration > 0 else None
-    sinks = [JsonlLogger(run.dir / "metrics.jsonl", keep_until=resumed_from if resumed_from else -1),
-             TensorBoardLogger(run.dir / "tensorboard")]
+    if run.iteration == 0:  # a new run, or one resumed before its first checkpoint: logs start afresh
+        checkpoint.cut_logs(run.dir, -1)
+    sinks = [JsonlLogger(run.dir / "metrics.jsonl"),
+             TensorBoardLogger(run.dir / "tensorboard", purge_step=run.iteration + 1 if run.iteration else 0)]
     progress = ProgressBar(c.iterations, initial=run.iteration, disable=not show_progress)
     summary: dict[str, float] = {}
     metrics: dict[str, float] = {}
@@ -267,7 +278,7 @@ def train(run: Run, show_progress: bool = True) -> dict[str, float]:
             for sink in (*sinks, progress):
                 sink.log(run.iteration, metrics)
             if last or (c.checkpoint_every and run.iteration % c.checkpoint_every == 0):
-                save_checkpoint(run, run.dir / "checkpoints" / str(run.iteration))
+                save_checkpoint(run)
         if "eval/pass@1" in metrics:
             summary["end/pass@1"] = metrics["eval/pass@1"]
     finally:

@@ -374,6 +374,7 @@ class RunConfig:
     seed: int = opt(0, "Seed for sampling, data order and initialisation.")
     threads: int = opt(0, "torch intra-op threads (0 = torch default).")
     checkpoint_every: int = opt(0, "Save a resumable checkpoint every N iterations (0 = at end).")
+    checkpoint_keep: int = opt(2, "Keep the newest N complete checkpoints, deleting older ones (0 = keep all).")
     log_samples: int = opt(4, "Full trajectories written to samples/ per iteration.")
     model: ModelConfig = field(default_factory=ModelConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
