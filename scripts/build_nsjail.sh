@@ -20,7 +20,10 @@ sed -i \
   -e 's/^\tstruct passwd\* pw = getpwnam(id.c_str());/\tif (util::isANumber(id.c_str())) {\n\t\treturn (uid_t)strtoimax(id.c_str(), NULL, 0);\n\t}\n&/' \
   -e 's/^\tstruct group\* gr = getgrnam(id.c_str());/\tif (util::isANumber(id.c_str())) {\n\t\treturn (gid_t)strtoimax(id.c_str(), NULL, 0);\n\t}\n&/' \
   user.cc
-grep -c 'isANumber(id.c_str())) {' user.cc | grep -qx 4   # both patches applied (2 new + 2 old)
+# Checks read a command's whole output into a variable: `cmd | grep -q` under pipefail fails
+# when grep exits at its first match and cmd then dies of SIGPIPE (a flaky "build failed").
+patched=$(grep -c 'isANumber(id.c_str())) {' user.cc || true)
+[ "$patched" = 4 ] || { echo "build_nsjail: user.cc patch applied $patched times, expected 4" >&2; exit 1; }
 make -j"$(nproc)" >/dev/null
 # Relink statically (position-independent): no dynamic linking at each start.
 # (ld warns that getpwnam & co. need glibc's NSS modules at run time: only for user *names*.)
@@ -30,6 +33,7 @@ if ! g++ -static-pie -o nsjail-static ./*.o kafel/libkafel.a -Wl,-z,noexecstack 
   exit 1
 fi
 strip nsjail-static
-./nsjail-static --help 2>&1 | grep -q "Usage:"
+usage=$(./nsjail-static --help 2>&1 || true)
+[[ $usage == *Usage:* ]] || { echo "build_nsjail: the built nsjail does not run: ${usage:0:500}" >&2; exit 1; }
 install -D -m 0755 nsjail-static "$dest"
 echo "static nsjail installed at $dest"

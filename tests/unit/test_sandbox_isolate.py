@@ -306,3 +306,30 @@ def test_a_bind_source_others_cannot_reach_is_mounted_from_a_reachable_copy(tmp_
     from pathlib import Path
 
     assert reachable("/usr/bin/env") == Path("/usr/bin/env").resolve()  # reachable: used as it is
+
+
+def test_a_checkout_under_a_private_directory_runs_jailed_code(tmp_path):
+    # The jail's pid 1 and the Python packages it mounts, installed under a mode-0700 directory
+    # as in a clone into root's home or `mktemp -d`: a fresh process (as the sandbox self-check of
+    # scripts/setup_sandbox.sh) runs code that imports the package, in a real jail.
+    import shutil
+    import subprocess
+    import sys
+
+    from longrl.sandbox.isolate import _find_init
+
+    home = tmp_path / "private-home"
+    (home / "site" / "privpkg").mkdir(parents=True)
+    (home / "site" / "privpkg" / "__init__.py").write_text("ANSWER = 42\n")
+    (home / "bin").mkdir()
+    shutil.copy2(_find_init(None), home / "bin" / "dumb-init")
+    os.chmod(home, 0o700)
+    check = (
+        "from longrl.sandbox.isolate import Isolator, SandboxConfig\n"
+        f"iso = Isolator(SandboxConfig(init={str(home / 'bin' / 'dumb-init')!r}, python_packages=('privpkg',)))\n"
+        "run = iso.run_code('python', 'import privpkg; print(privpkg.ANSWER)').run\n"
+        "assert run.stdout == b'42\\n', run\n"
+        "print('jailed run ok')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(home / "site"), *sys.path])}
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "jailed run ok", proc.stderr[-2000:]
