@@ -157,8 +157,8 @@ def save_checkpoint(run: Run) -> Path:
         if not run.config.train.reset_optimizer:  # model and optimizer, sharded, in path/state
             run.trainer.save_state(path / "state")
             optimizer = "state/"
-        # the HF engine samples from its own torch generator; vLLM is seeded once at construction,
-        # so a resumed vLLM run continues with fresh sampling randomness
+        # the HF engine samples from its own torch generator, and so does vLLM with
+        # rollout.vllm_request_seeds; without, vLLM's randomness is not saved (rollout/vllm_engine.py)
         generator = getattr(run.engine, "generator", None)
         torch.save({
             "iteration": run.iteration, "optimizer": optimizer, "sampler": run.sampler.state_dict(),

@@ -267,3 +267,19 @@ def test_partial_rollouts_continue_beside_new_samples_in_one_call(engine, policy
     assert sorted(by_prompt) == [p.id for p in prompts]
     for p, ref in zip(prompts, one_shot):
         assert by_prompt[p.id].response_ids == ref.token_ids
+
+
+def test_request_seeds_make_sampling_repeat_from_a_saved_generator_state(policy):
+    # rollout.vllm_request_seeds: the engine's generator (saved in checkpoints) fixes every sample,
+    # so a resumed run draws what the uninterrupted one drew
+    model, tok = policy
+    engine = make_engine(RolloutConfig(engine="vllm", batch_size=8, vllm_request_seeds=True), model, tok, seed=3)
+    requests = [GenerationRequest(p) for p in _prompts(tok)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=12)
+    saved = engine.generator.get_state()
+    first = [c.token_ids for c in engine.generate(requests, params)]
+    second = [c.token_ids for c in engine.generate(requests, params)]
+    engine.generator.set_state(saved)
+    again = [c.token_ids for c in engine.generate(requests, params)]
+    assert again == first != second
+    del engine

@@ -89,6 +89,11 @@ class RolloutConfig:
                "in-place copy: 1.0-1.2x a plain copy (tiny model, SmolLM2-135M) instead of 5-25x, but "
                "decoding runs at ~0.8x (docs/rollout.md). Worth it only when syncs outweigh rollouts. No effect "
                "on GPU.")
+    vllm_request_seeds: bool = opt(
+        False, "vLLM: seed every request from the engine's own generator, which checkpoints save, so a "
+               "resumed run samples exactly what the uninterrupted one did (same batches, same hardware). "
+               "Off: vLLM is seeded once and a resume continues with fresh randomness; per-request "
+               "generators take a slower path in vLLM's sampler.")
     sync_check_tolerance: float = opt(
         1e-3, "Largest |engine - trainer| log-prob gap on a fixed probe sequence tolerated after a "
               "weight sync (nats). A larger gap raises WeightSyncError: the engine is not sampling "

@@ -37,8 +37,12 @@ Deviations, on purpose:
   fires, forces a stop token at the next step. The completion is then cut at the token where the
   detector fired (the forced token dropped), finish reason `repetition`: the same tokens and
   log-probs as `HFEngine`'s early stop, one extra decoding step per stopped request.
-- Sampling is seeded once (the `LLM`'s seed), not per request: per-request generators take a
-  slower path in vLLM's sampler. Runs are reproducible from the start, not across a resume.
+- Sampling is seeded once (the `LLM`'s seed) by default: a run repeats from its start, not across
+  a resume (the engine's RNG lives inside vLLM and is not saved). With `request_seeds`
+  (`rollout.vllm_request_seeds`) every request carries a seed drawn from the engine's own torch
+  `generator`, which checkpoints save like the HF engine's, so a resumed run samples what the
+  uninterrupted one did (given the same batches on the same hardware: vLLM's logits are not
+  batch-invariant). Off by default: per-request generators take a slower path in vLLM's sampler.
 
 Measured limits of vLLM CPU 0.32 here: its attention kernels refuse head_dim 16 (use heads of
 width >= 32 in tiny models), and after it starts it replaces `torch.set_num_threads` in this
@@ -189,7 +193,7 @@ class VLLMEngine:
     def __init__(self, model_dir: str | Path, tokenizer, *, dtype: str = "float32",
                  batch_size: int = 256, seed: int = 0, kv_cache_gib: float = 1.0,
                  enforce_eager: bool = True, prefix_caching: bool = True,
-                 max_model_len: int | None = None, inplace_sync: bool = False):
+                 max_model_len: int | None = None, inplace_sync: bool = False, request_seeds: bool = False):
         _prepare_env(kv_cache_gib)
         from vllm import LLM
 
@@ -200,6 +204,8 @@ class VLLMEngine:
         if on_gpu:  # colocated: take a fixed KV budget, not vLLM's default 90% of the device
             extra = {"enable_sleep_mode": True, "kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
         self.tokenizer = tokenizer
+        if request_seeds:  # checkpointed by the loop as `engine.generator` (module docstring)
+            self.generator = torch.Generator().manual_seed(seed)
         self.sleep_supported = on_gpu
         self.inplace_sync = inplace_sync and not on_gpu
         with _plain_cpu_linear_weights() if self.inplace_sync else contextlib.nullcontext():
@@ -237,7 +243,7 @@ class VLLMEngine:
                      kv_cache_gib=config.vllm_kv_cache_gib, enforce_eager=config.vllm_enforce_eager,
                      prefix_caching=config.vllm_prefix_caching,
                      max_model_len=getattr(model.config, "max_position_embeddings", None),
-                     inplace_sync=config.vllm_inplace_sync)
+                     inplace_sync=config.vllm_inplace_sync, request_seeds=config.vllm_request_seeds)
         engine._model_dir_keeper = keep  # the temp dir lives as long as the engine
         return engine
 
@@ -303,13 +309,16 @@ class VLLMEngine:
         # adding its own (the generation config's extra EOS ids); stop_token_ids still stop.
         stops = stop_token_ids(self.tokenizer.eos_token_id, params)
         prompts = [{"prompt_token_ids": r.prompt_ids + r.prefix_ids} for r in requests]
+        generator = getattr(self, "generator", None)
+        seeds = (torch.randint(0, 2**62, (len(requests),), generator=generator).tolist() if generator is not None
+                 else [None] * len(requests))
         sampling = [VLLMSamplingParams(
             temperature=max(params.temperature, 0.0), top_p=params.top_p,
             max_tokens=request_budget(r, params, self.max_positions), stop_token_ids=stops, logprobs=0,
-            ignore_eos=True, detokenize=False, skip_special_tokens=False,
+            ignore_eos=True, detokenize=False, skip_special_tokens=False, seed=seed,
             extra_args=None if params.detector is None else {  # the in-engine repetition stop
                 EXTRA_KEY: (params.detector, r.prefix_ids, self.tokenizer.eos_token_id)})
-            for r in requests]
+            for r, seed in zip(requests, seeds)]
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         return [self._completion(r, out.outputs[0], params, stops) for r, out in zip(requests, outputs)]
 
