@@ -78,7 +78,7 @@ def test_dead_worker_loses_nothing_and_reissues_only_its_chunk(cluster, tiny_mod
     greedy = SamplingParams(temperature=0.0, max_new_tokens=12)
     out = made.engine.generate(requests, greedy)  # worker 1 (requests 4..6) exits and is replaced
     faults = made.engine.take_fault_metrics()
-    assert faults == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0}
+    assert faults == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0, "cluster/rollout_hangs": 0.0}
     model, _ = load_policy(tiny_model_dir)
     expected = HFEngine(model, tokenizer, seed=SEED).generate(requests, greedy)
     assert [c.token_ids for c in out] == [c.token_ids for c in expected]  # order and content
@@ -108,7 +108,8 @@ def test_worker_killed_during_generate_is_replaced_with_current_weights(cluster)
         killer.join()
         os.remove(slow)
     assert len(out) == 6 and all(c.token_ids for c in out)
-    assert made.engine.take_fault_metrics() == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0}
+    assert made.engine.take_fault_metrics() == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0,
+                                                "cluster/rollout_hangs": 0.0}
 
 
 def _train_once(made, tokenizer):
@@ -246,7 +247,7 @@ def test_fast_workers_trajectories_are_scored_before_the_slow_worker_returns(clu
     assert sorted(lines[1:3]) == ["scored p0", "scored p0"]  # both scored while worker 1 sleeps
     assert lines[3] == "arrived p1 p1"
     assert sorted(lines[4:]) == ["scored p1", "scored p1"]  # and nothing scored twice
-    assert faults == {"cluster/reward_restarts": 0.0, "cluster/scored_during_rollout": 1.0}
+    assert faults == {"cluster/reward_restarts": 0.0, "cluster/reward_hangs": 0.0, "cluster/scored_during_rollout": 1.0}
     assert metrics == score(scored_copy, local)
     assert [t.reward for t in trajectories] == [0.5 * (len(t.text) % 2) for t in trajectories]
 
@@ -267,7 +268,7 @@ def test_prefetched_items_are_scored_once_when_a_reward_actor_dies(cluster, tmp_
     finally:
         pool.shutdown()
     assert sorted(log.read_text().split()) == [f"p{i}" for i in range(6)]  # each scored exactly once
-    assert faults == {"cluster/reward_restarts": 1.0, "cluster/scored_during_rollout": 4 / 6}
+    assert faults == {"cluster/reward_restarts": 1.0, "cluster/reward_hangs": 0.0, "cluster/scored_during_rollout": 4 / 6}
     assert metrics == score(local_copy, local)
     assert [t.reward for t in trajectories] == [0.5, 0.0, 0.0, 0.5, 0.0, 0.0]
 
@@ -285,7 +286,73 @@ def test_generate_stream_with_a_dead_worker_loses_nothing(cluster):
         os.remove(slow)
     assert [list(indices) for indices, _ in streamed] == [[3, 4, 5], [0, 1, 2]]  # worker 0's chunk re-run
     assert all(len(out) == 3 and all(c.token_ids for c in out) for _, out in streamed)
-    assert made.engine.take_fault_metrics() == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0}
+    assert made.engine.take_fault_metrics() == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0,
+                                                "cluster/rollout_hangs": 0.0}
+
+
+def test_hung_worker_is_replaced_after_the_call_timeout(cluster, monkeypatch):
+    made, tokenizer, slow = cluster
+    monkeypatch.setattr(made.engine, "call_timeout_s", SLOW_S / 3)
+    with open(slow, "w") as f:  # worker 0 sleeps past the timeout; its replacement (a new seed) does not
+        f.write(str(worker_seed(SEED, 0, made.engine.generations[0])))
+    requests = _requests(tokenizer, 6)
+    try:
+        out = made.engine.generate(requests, SamplingParams(temperature=1.0, max_new_tokens=8))
+    finally:
+        os.remove(slow)
+    assert len(out) == 6 and all(c.token_ids for c in out)
+    assert made.engine.take_fault_metrics() == {"cluster/rollout_restarts": 1.0, "cluster/reissued_requests": 3.0,
+                                                "cluster/rollout_hangs": 1.0}
+
+
+HANGING_REWARD = """
+import os, time
+
+def reward(prompt, response, marker):
+    try:  # the first call of all (one, however the calls race) hangs; its actor stays alive
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        pass
+    else:
+        time.sleep(60)
+    return float(len(response) % 3 == 0)
+"""
+
+
+def test_hung_reward_actor_is_replaced_after_the_call_timeout(cluster, tmp_path):
+    from longrl.rewards.score import score
+
+    pool, rewards, local = _reward_pool(tmp_path, HANGING_REWARD, marker=str(tmp_path / "hung"))
+    ray.get([w.__ray_ready__.remote() for w in pool.workers])
+    pool.call_timeout_s = 2.0
+    trajectories = [Trajectory(Prompt(f"p{i}", "q"), 0, [1], text="x" * i) for i in range(6)]
+    try:
+        start = time.monotonic()
+        score(trajectories, rewards)
+        took = time.monotonic() - start
+        faults = pool.take_fault_metrics()
+    finally:
+        pool.shutdown()
+    assert took < 30  # not the hung call's 60 s
+    assert faults["cluster/reward_hangs"] == 1.0 and faults["cluster/reward_restarts"] == 1.0
+    assert [t.reward for t in trajectories] == [0.5, 0.0, 0.0, 0.5, 0.0, 0.0]
+
+
+def test_prefetched_futures_never_asked_for_are_let_go(cluster, tmp_path):
+    from longrl.cluster.rewards import KEEP_CALLS
+    from longrl.rewards.score import prefetch, score
+
+    pool, rewards, _ = _reward_pool(tmp_path, LOGGING_REWARD, log=str(tmp_path / "log.txt"))
+    dropped = [Trajectory(Prompt(f"d{i}", "q"), 0, [1], text="x" * i) for i in range(4)]  # a group dropped by age
+    try:
+        prefetch(rewards, dropped)
+        (remote, _), = rewards.values()
+        assert len(remote.held) == 4
+        for i in range(KEEP_CALLS):
+            score([Trajectory(Prompt(f"p{i}", "q"), 0, [1], text="xy")], rewards)
+        assert remote.held == {}
+    finally:
+        pool.shutdown()
 
 
 def test_dead_trainer_rank_stops_with_its_rank_named(cluster):

@@ -13,8 +13,12 @@ worker's chunk, and only that chunk, is issued again. A chunk's completions come
 not at all, so no request is lost or answered twice. A worker that dies `MAX_RESTARTS` times in
 one call stops the run with `ClusterError` (a fault that repeats, e.g. a model that does not fit).
 
-Not covered: a worker that hangs without dying (no timeout), and a lost driver (the run stops;
-`--resume` continues from the last checkpoint).
+A worker that hangs without dying (a deadlock, a wedged device) is found by the call timeout
+(`cluster.call_timeout_s`): a call still running that long after it was sent counts as a death;
+the actor is killed and replaced and its chunk issued again, as above (`cluster/rollout_hangs`).
+The timeout must exceed the longest legitimate call (a whole rollout chunk at the longest
+response length). Not covered: a lost driver (the run stops; `--resume` continues from the last
+checkpoint).
 """
 
 from __future__ import annotations
@@ -103,14 +107,13 @@ class EnginePool:
     draws). `restore(index)` brings a fresh actor to the trainer's current weights and checks it.
     """
 
-    def __init__(self, spawn: Callable[[int, int], ray.actor.ActorHandle], size: int):
-        self.spawn, self.size = spawn, size
+    def __init__(self, spawn: Callable[[int, int], ray.actor.ActorHandle], size: int, call_timeout_s: float = 0.0):
+        self.spawn, self.size, self.call_timeout_s = spawn, size, call_timeout_s
         self.generations = [0] * size
         self.workers = [spawn(i, 0) for i in range(size)]
         self.restore: Callable[[int], None] = lambda index: None
         self.pads_contexts = ray.get(self.workers[0].pads_contexts.remote())
-        self.restarts = 0  # since the last `take_fault_metrics`
-        self.reissued = 0
+        self.restarts = self.reissued = self.hangs = 0  # since the last `take_fault_metrics`
 
     # -- faults ----------------------------------------------------------------------------------
 
@@ -126,32 +129,52 @@ class EnginePool:
         self.restarts += 1
 
     def take_fault_metrics(self) -> dict[str, float]:
-        """`cluster/rollout_restarts`, `cluster/reissued_requests` since the last call."""
-        out = {"cluster/rollout_restarts": float(self.restarts), "cluster/reissued_requests": float(self.reissued)}
-        self.restarts = self.reissued = 0
+        """`cluster/rollout_restarts`, `cluster/reissued_requests`, `cluster/rollout_hangs` since the last call."""
+        out = {"cluster/rollout_restarts": float(self.restarts), "cluster/reissued_requests": float(self.reissued),
+               "cluster/rollout_hangs": float(self.hangs)}
+        self.restarts = self.reissued = self.hangs = 0
         return out
 
     def _stream(self, submit: Callable[[int, range], ray.ObjectRef], parts: list[range], what: str):
         """Run `submit(worker, part)` for every non-empty part and yield `(part index, result)` as
-        each returns; on a dead worker restart it and submit its part again."""
-        pending = {submit(i, part): i for i, part in enumerate(parts) if len(part)}
+        each returns; on a dead or hung worker restart it and submit its part again."""
+        pending: dict[ray.ObjectRef, tuple[int, float]] = {}  # ref -> (part index, sent at)
+
+        def send(i: int) -> None:
+            pending[submit(i, parts[i])] = (i, time.monotonic())
+
+        for i, part in enumerate(parts):
+            if len(part):
+                send(i)
         deaths = [0] * len(parts)
         while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except RayActorError as exc:
-                deaths[i] += 1
-                if deaths[i] > MAX_RESTARTS:
-                    raise ClusterError(f"rollout worker {i} died {deaths[i]} times during one {what} "
-                                       f"call (last: {type(exc).__name__}); the fault repeats: see its "
-                                       "log under /tmp/ray/session_latest/logs") from exc
-                self.restart(i)
-                self.reissued += len(parts[i])
-                pending[submit(i, parts[i])] = i
-                continue
-            yield i, result
+            wait = None
+            if self.call_timeout_s > 0:
+                wait = max(0.0, min(sent for _, sent in pending.values()) + self.call_timeout_s - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
+            if ready:
+                (ref,) = ready
+                i, _ = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except RayActorError as exc:
+                    cause = type(exc).__name__
+                else:
+                    yield i, result
+                    continue
+            else:  # the oldest call outlived the timeout: the worker is hung
+                ref = min(pending, key=lambda r: pending[r][1])
+                i, _ = pending.pop(ref)
+                cause = f"no answer in {self.call_timeout_s:g} s (cluster.call_timeout_s)"
+                self.hangs += 1
+            deaths[i] += 1
+            if deaths[i] > MAX_RESTARTS:
+                raise ClusterError(f"rollout worker {i} failed {deaths[i]} times during one {what} call "
+                                   f"(last: {cause}); the fault repeats: see its log under "
+                                   "/tmp/ray/session_latest/logs")
+            self.restart(i)
+            self.reissued += len(parts[i])
+            send(i)
 
     def _gather(self, submit: Callable[[int, range], ray.ObjectRef], parts: list[range], what: str) -> list:
         """`_stream`'s results in part order (None for an empty part)."""

@@ -7,19 +7,22 @@ A worker builds the rewards from the run's `[reward]` section itself and scores 
 `score_batch` restricted to that one reward, so error handling (a failing item is a recorded
 zero with its reason) and info keys are exactly those of a single process.
 
-Faults: a worker that dies while scoring is replaced and its chunk scored again, once; a second
-death of the same chunk stops the run with `ClusterError` (a response that kills its scorer, e.g.
-code run outside the sandbox, would otherwise kill every replacement too).
+Faults: a worker that dies while scoring, or does not answer within `cluster.call_timeout_s`
+(hung), is replaced and its chunk scored again, once; a second failure of the same chunk stops the
+run with `ClusterError` (a response that kills its scorer, e.g. code run outside the sandbox,
+would otherwise kill every replacement too).
 
 Scoring overlaps generation: `prefetch(prompts, responses)` submits a batch's chunks at once and
 keeps their futures, keyed by (prompt object, response); the loop calls it for each rollout
 worker's finished trajectories as that worker returns (`rollout/sample.py`'s `on_finished`). A
 later call takes its prefetched items' futures and submits only the rest, so each item is scored
-once. Futures of items never scored (a group dropped by age) stay held; they are small.
+once. Futures of items not asked for within `KEEP_CALLS` calls (a group dropped by age or for room)
+are let go; should such an item be asked for after all, it is scored afresh.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +32,8 @@ from ray.exceptions import RayActorError
 from longrl.cluster.errors import ClusterError
 from longrl.cluster.pool import chunks, prepare_actor
 from longrl.types import Prompt, RewardResult
+
+KEEP_CALLS = 16  # calls a prefetched future is held for (module docstring)
 
 
 class RewardWorker:
@@ -63,15 +68,16 @@ class _Chunk:
     ref: ray.ObjectRef | None
     results: list[RewardResult] | None = None
     retried: bool = False
+    sent_at: float = 0.0
 
 
 class RewardPool:
     """N reward actors; `score(name, prompts, responses)` spreads one batch over them."""
 
-    def __init__(self, spawn: Callable[[int], ray.actor.ActorHandle], size: int):
-        self.spawn, self.size = spawn, size
+    def __init__(self, spawn: Callable[[int], ray.actor.ActorHandle], size: int, call_timeout_s: float = 0.0):
+        self.spawn, self.size, self.call_timeout_s = spawn, size, call_timeout_s
         self.workers = [spawn(i) for i in range(size)]
-        self.restarts = 0  # since the last `take_fault_metrics`
+        self.restarts = self.hangs = 0  # since the last `take_fault_metrics`
         self.items = self.prefetched = 0  # items scored by `RemoteReward` calls, and how many prefetched
 
     def score(self, name: str, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[RewardResult]:
@@ -88,25 +94,36 @@ class RewardPool:
     def _send(self, name: str, chunk: _Chunk) -> _Chunk:
         chunk.actor = self.workers[chunk.worker]
         chunk.ref = chunk.actor.score.remote(name, chunk.prompts, chunk.responses)
+        chunk.sent_at = time.monotonic()
         return chunk
 
     def resolve(self, name: str, parts: Sequence[_Chunk]) -> None:
-        """Fill every chunk's `results`; a chunk whose actor died is sent again once."""
+        """Fill every chunk's `results`; a chunk whose actor died or hung is sent again once."""
         pending = {c.ref: c for c in parts if c.results is None}
         while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            chunk = pending.pop(ref)
-            try:
-                chunk.results = ray.get(ref)
-            except RayActorError as exc:
-                if chunk.retried:
-                    raise ClusterError(f"reward worker {chunk.worker} died twice scoring the same "
-                                       f"{len(chunk.prompts)} responses with reward {name!r}; see its log "
-                                       "under /tmp/ray/session_latest/logs") from exc
-                chunk.retried = True
-                if self.workers[chunk.worker] is chunk.actor:  # not yet replaced for another chunk
-                    self._restart(chunk.worker)
-                pending[self._send(name, chunk).ref] = chunk
+            wait = None
+            if self.call_timeout_s > 0:
+                wait = max(0.0, min(c.sent_at for c in pending.values()) + self.call_timeout_s - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait)
+            if ready:
+                chunk = pending.pop(ready[0])
+                try:
+                    chunk.results = ray.get(ready[0])
+                    continue
+                except RayActorError as exc:
+                    cause = type(exc).__name__
+            else:  # the oldest chunk outlived the timeout: its worker is hung
+                chunk = pending.pop(min(pending, key=lambda r: pending[r].sent_at))
+                cause = f"no answer in {self.call_timeout_s:g} s (cluster.call_timeout_s)"
+                self.hangs += 1
+            if chunk.retried:
+                raise ClusterError(f"reward worker {chunk.worker} failed twice scoring the same "
+                                   f"{len(chunk.prompts)} responses with reward {name!r} (last: {cause}); "
+                                   "see its log under /tmp/ray/session_latest/logs")
+            chunk.retried = True
+            if self.workers[chunk.worker] is chunk.actor:  # not yet replaced for another chunk
+                self._restart(chunk.worker)
+            pending[self._send(name, chunk).ref] = chunk
 
     def _restart(self, index: int) -> None:
         try:
@@ -114,15 +131,17 @@ class RewardPool:
         except Exception:  # noqa: BLE001 - it is already gone
             pass
         self.workers[index] = self.spawn(index)
+        # started before its chunk is sent again, so the call timeout measures the call alone
+        ray.get(self.workers[index].__ray_ready__.remote())
         self.restarts += 1
 
     def take_fault_metrics(self) -> dict[str, float]:
         """`cluster/reward_restarts`, and `cluster/scored_during_rollout`: the share of the items
         scored since the last call whose scoring was submitted during the rollout (evaluation
         items never are)."""
-        out = {"cluster/reward_restarts": float(self.restarts),
+        out = {"cluster/reward_restarts": float(self.restarts), "cluster/reward_hangs": float(self.hangs),
                "cluster/scored_during_rollout": self.prefetched / max(self.items, 1)}
-        self.restarts = self.items = self.prefetched = 0
+        self.restarts = self.hangs = self.items = self.prefetched = 0
         return out
 
     def shutdown(self) -> None:
@@ -136,21 +155,22 @@ class RemoteReward:
 
     def __init__(self, pool: RewardPool, name: str):
         self.pool, self.name = pool, name
-        # (id(prompt), response) -> [(prompt, chunk, position in chunk)]; the prompt is kept so
-        # its id cannot be reused by another object while the entry lives
-        self.held: dict[tuple[int, str], list[tuple[Prompt, _Chunk, int]]] = {}
+        # (id(prompt), response) -> [(prompt, chunk, position in chunk, call count when sent)]; the
+        # prompt is kept so its id cannot be reused by another object while the entry lives
+        self.held: dict[tuple[int, str], list[tuple[Prompt, _Chunk, int, int]]] = {}
+        self.calls = 0
 
     def prefetch(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> None:
         """Submit these items now; a later call with them uses these futures."""
         for chunk in self.pool.submit(self.name, prompts, responses):
             for at, (prompt, response) in enumerate(zip(chunk.prompts, chunk.responses)):
-                self.held.setdefault((id(prompt), response), []).append((prompt, chunk, at))
+                self.held.setdefault((id(prompt), response), []).append((prompt, chunk, at, self.calls))
 
     def _take(self, prompt: Prompt, response: str) -> tuple[_Chunk, int] | None:
         entries = self.held.get((id(prompt), response))
         if not entries:
             return None
-        _, chunk, at = entries.pop()
+        _, chunk, at, _ = entries.pop()
         if not entries:
             del self.held[(id(prompt), response)]
         return chunk, at
@@ -163,7 +183,16 @@ class RemoteReward:
         self.pool.items += len(prompts)
         self.pool.prefetched += len(prompts) - len(rest)
         fresh_results = iter([r for chunk in fresh for r in chunk.results])
+        self.calls += 1
+        self._let_go()
         return [t[0].results[t[1]] if t else next(fresh_results) for t in taken]
+
+    def _let_go(self) -> None:
+        """Drop the futures not asked for within the last `KEEP_CALLS` calls (module docstring)."""
+        for key in list(self.held):
+            self.held[key] = [e for e in self.held[key] if self.calls - e[3] < KEEP_CALLS]
+            if not self.held[key]:
+                del self.held[key]
 
 
 def remote_rewards(pool: RewardPool, reward_config) -> dict[str, tuple[RemoteReward, float]]:

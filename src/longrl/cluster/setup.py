@@ -118,12 +118,13 @@ def setup_cluster(config, model_path: str, tokenizer, engine_factory: Callable |
                                 for r in range(c.trainer_ranks)], model_path, config)
         worker_cls = ray.remote(RolloutWorker)
         pool = EnginePool(lambda i, generation: worker_cls.options(**placement.rollout(i)).remote(
-            model_path, config, worker_seed(config.seed, i, generation), engine_factory), c.rollout_workers)
+            model_path, config, worker_seed(config.seed, i, generation), engine_factory), c.rollout_workers,
+            call_timeout_s=c.call_timeout_s)
         reward_pool, rewards = None, None
         if c.reward_workers:
             reward_cls = ray.remote(RewardWorker)
             reward_pool = RewardPool(lambda i: reward_cls.options(num_cpus=0).remote(config.reward, config.threads),
-                                     c.reward_workers)
+                                     c.reward_workers, call_timeout_s=c.call_timeout_s)
             rewards = remote_rewards(reward_pool, config.reward)
         tolerance = sync_tolerance(config.rollout.sync_check_tolerance, config.model.dtype)
         sync = ClusterSync(trainer, pool, tokenizer, tolerance, c.sync_bucket_mb,

@@ -363,6 +363,10 @@ class ClusterConfig:
                                                    "group: auto = nccl on GPUs, gloo on CPU.")
     cpu_offload: bool = opt(False, "FSDP2: keep parameters and optimizer state in CPU memory between uses.")
     sync_bucket_mb: int = opt(256, "Weight sync: tensors travel to the engines in buckets of about this size.")
+    call_timeout_s: float = opt(
+        3600.0, "A rollout or reward actor call still unanswered after this long counts as a hung actor: it "
+                "is killed, replaced and its work issued again (0 = wait forever). Must exceed the longest "
+                "legitimate call, a whole rollout chunk at the longest response length.")
 
     def __post_init__(self) -> None:
         if self.trainer_ranks < 1 or self.rollout_workers < 1 or self.reward_workers < 0:
