@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from longrl.config import WorldConfig
+from longrl.config import ConfigError, WorldConfig
 from longrl.data.worlds import TASKS, World, format_trace, is_held_out, make_problem
 from longrl.tiny import build_char_tokenizer
 from longrl.rewards.world import check_answer
@@ -44,6 +44,12 @@ def test_every_trace_line_is_true_and_ends_in_the_answer(task):
         for _ in range(50):
             text, answer, lines = make_problem(task, level, rng)
             assert eval(text) == answer
+            if task == "count":  # a count and the ones left always add up to the answer
+                for line in lines:
+                    count, left = re.match(r"^(\d+) r(\d{3})$", line).groups()
+                    assert int(count) + int(left) == answer
+                assert lines[-1] == f"{answer} r000"
+                continue
             for line in lines:
                 expr, value = re.match(r"^([\d+*-]+)=(\d+)", line).groups()
                 if task == "sub":  # a borrow adds 10 to the column
@@ -178,6 +184,31 @@ def test_rep_traces_run_past_1000_tokens_at_the_long_world_levels():
     world = World(WorldConfig(tasks=["rep"], min_level=64, max_level=72, eval_size=50))
     prompts = world.eval_prompts() + world.train_prompts(50)
     assert {len(p.meta["trace"]) for p in prompts} <= {n * 16 + 7 for n in range(64, 73)}
+    assert len({len(p.meta["trace"]) for p in prompts}) > 5
+    assert [r.score for r in get_reward("world")(prompts, [p.meta["trace"] for p in prompts])] == [1.0] * 100
+    assert not {p.text for p in world.train_prompts(2000)} & {p.text for p in world.eval_prompts()}
+
+
+def test_count_trace_by_hand():
+    # 1095 + 1*3: counting up from 1095 three times, the ones left (3 digits) counting down to 0
+    text, answer, lines = make_problem("count", 3, _fixed(1095))
+    assert (text, answer) == ("1095+1*3", 1098)
+    assert format_trace(lines, answer) == "1095 r003\n1096 r002\n1097 r001\n1098 r000\nA: 1098"
+    with pytest.raises(ConfigError, match="count runs to level 999"):
+        make_problem("count", 1000, _fixed(1000))
+
+
+def test_count_traces_run_past_1000_tokens_at_the_long_world_levels():
+    # configs/long_rl.toml trains levels 100-115: n + 1 lines of 9 characters and a newline, then
+    # the answer line, so (n + 1)*10 + len("A: 1234") = 1,017-1,167 characters, one token each
+    tok = build_char_tokenizer()
+    text, answer, lines = make_problem("count", 100, _fixed(1999))
+    trace = format_trace(lines, answer)
+    assert answer == 2099 and len(trace) == 101 * 10 + 7 == 1017
+    assert len(tok(trace, add_special_tokens=False).input_ids) == 1017
+    world = World(WorldConfig(tasks=["count"], min_level=100, max_level=115, eval_size=50))
+    prompts = world.eval_prompts() + world.train_prompts(50)
+    assert {len(p.meta["trace"]) for p in prompts} <= {(n + 1) * 10 + 7 for n in range(100, 116)}
     assert len({len(p.meta["trace"]) for p in prompts}) > 5
     assert [r.score for r in get_reward("world")(prompts, [p.meta["trace"] for p in prompts])] == [1.0] * 100
     assert not {p.text for p in world.train_prompts(2000)} & {p.text for p in world.eval_prompts()}

@@ -9,6 +9,8 @@ an exact verifier (the `world` reward). Task families and what their difficulty 
     chain  the sum of `level` numbers of 1-2 digits, one partial sum per line
     rep    s + a*n: the digit `a` added `n = level` times to the 4-digit `s`, one running total
            per line with the additions left (`r`); at levels 64+ a trace runs to 1,000+ characters
+    count  s + 1*n: counting up from the 4-digit `s` one at a time, `n = level` times, one count
+           per line with the ones left (`r`); at levels 100+ a trace runs to 1,000+ characters
 
 A trace ends with one answer line `A: <number>`; a *direct* trace is that line alone, with no chain
 of thought. For example, `347+285`:
@@ -18,19 +20,31 @@ of thought. For example, `347+285`:
     3+2+1=6 c0
     A: 632
 
-and `1095+7*3` (the long-context world runs `rep` at levels 64-72, docs/long_context.md):
+`1095+7*3`:
 
     1095+7=1102 r2
     1102+7=1109 r1
     1109+7=1116 r0
     A: 1116
 
+and `1095+1*3` (the long-context world runs `count` at levels 100-115, docs/long_context.md):
+
+    1095 r003
+    1096 r002
+    1097 r001
+    1098 r000
+    A: 1098
+
 Why `rep` is the long task: every line depends only on the line before it and on `a` (the additions
 left count down, so stopping is decided locally), at fixed distances back; tasks whose lines must
 index into a long question (the i-th term of a long `chain`, the i-th digit of a 90-digit sum)
 need a lookup whose distance changes from line to line. Errors compound over the 64-72 lines, and
 a small model can lower its loss by continuing the digit pattern of the lines above instead of
-adding; what the CPU warm-up reached is in docs/long_context.md.
+adding; what the CPU warm-up reached is in docs/long_context.md. `count` is `rep` with `a = 1` in
+a line of 10 characters instead of 16, so 100+ lines fit in 1,000+ tokens: each line copies the
+one above with one more and one fewer, and the first copies the question. A 2-layer model learns
+it to a per-token loss of ~0.003 in ~7M tokens, where `rep` stayed at ~0.015 after 6M tokens
+(its first lines and carries never came right), so RL at 1,000+ tokens has a start with signal.
 
 Trace styles (`WorldConfig.trace_style`). `concise` is the trace above. `verbose` re-checks its work
 the way a long chain of thought does (long2short, SPEC §7): each example draws a re-check rate p
@@ -67,7 +81,7 @@ from pathlib import Path
 from longrl.config import ConfigError, WorldConfig
 from longrl.types import Prompt
 
-TASKS = ("add", "sub", "mul", "chain", "rep")
+TASKS = ("add", "sub", "mul", "chain", "rep", "count")
 _HOLDOUT_MODULUS = 10  # one problem in ten is reserved for evaluation
 
 
@@ -125,6 +139,10 @@ def _rep_trace(start: int, a: int, n: int) -> list[str]:
     return lines
 
 
+def _count_trace(start: int, n: int) -> list[str]:
+    return [f"{start + k} r{n - k:03d}" for k in range(n + 1)]
+
+
 def make_problem(task: str, level: int, rng: random.Random) -> tuple[str, int, list[str]]:
     """Draw one problem: (question text, answer, chain-of-thought lines)."""
     lo, hi = 10 ** (level - 1), 10**level - 1
@@ -148,6 +166,11 @@ def make_problem(task: str, level: int, rng: random.Random) -> tuple[str, int, l
         # or two digits (a 2-digit `a` left the loss at ~0.7 after ~2M tokens).
         start, a = rng.randint(1000, 1999), rng.randint(2, 9)
         return f"{start}+{a}*{level}", start + a * level, _rep_trace(start, a, level)
+    if task == "count":
+        if level > 999:  # the ones left are written in 3 digits; totals stay at 4 up to 1999 + 999
+            raise ConfigError(f"world: count runs to level 999, not {level}")
+        start = rng.randint(1000, 1999)
+        return f"{start}+1*{level}", start + level, _count_trace(start, level)
     raise ConfigError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
 
 
