@@ -1,15 +1,26 @@
 """Metric sinks: one flat dict of namespaced metrics per iteration (`reward/mean`, `eval/pass@1`).
 
-`metrics.jsonl` gets one JSON object per iteration, TensorBoard gets a scalar per key, and a
-progress bar shows the few numbers a person watches.
+`metrics.jsonl` gets one JSON object per iteration (always), TensorBoard a scalar per key
+(`logging.tensorboard`), Weights & Biases the same dict at the same step (`logging.wandb`), and a
+progress bar shows the few numbers a person watches. `run_sinks` builds the configured ones.
+
+On resume every sink holds each iteration once: `checkpoint.cut_logs` cuts `metrics.jsonl`, and
+TensorBoard purges the steps after the checkpoint. W&B cannot drop logged steps: the resumed run
+continues the same W&B run (its id is kept in `<run>/wandb/run_id`), and the steps between the
+checkpoint and the kill are logged again, and W&B ignores a step at or below the last one it
+recorded, so those few steps keep the killed run's values there (`metrics.jsonl` and TensorBoard
+hold the resumed run's).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from longrl.errors import LongrlError
 
 
 class MetricLogger(Protocol):
@@ -48,6 +59,42 @@ class TensorBoardLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class WandbLogger:
+    """Weights & Biases: the metrics of each iteration at `step`, the run's settings as its config."""
+
+    def __init__(self, run_dir: Path, name: str, settings: dict[str, Any], logging) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise LongrlError("logging.wandb = true needs the wandb package: pip install wandb "
+                              "(or set logging.wandb = false)") from None
+        root = run_dir / "wandb"
+        root.mkdir(parents=True, exist_ok=True)
+        id_file = root / "run_id"
+        if not id_file.is_file():  # one W&B run per longrl run, resumes included
+            id_file.write_text(secrets.token_hex(4) + "\n")
+        self.run = wandb.init(
+            project=logging.wandb_project, entity=logging.wandb_entity or None,
+            name=logging.wandb_name or name, tags=list(logging.wandb_tags) or None, config=settings,
+            dir=str(run_dir), mode=logging.wandb_mode or None, id=id_file.read_text().strip(), resume="allow")
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def run_sinks(run_dir: Path, name: str, settings: dict[str, Any], logging, resumed_at: int) -> list[MetricLogger]:
+    """The sinks `logging` asks for; `resumed_at` is the checkpoint's iteration (0 for a new run)."""
+    sinks: list[MetricLogger] = [JsonlLogger(run_dir / "metrics.jsonl")]
+    if logging.tensorboard:
+        sinks.append(TensorBoardLogger(run_dir / "tensorboard", purge_step=resumed_at + 1 if resumed_at else 0))
+    if logging.wandb:
+        sinks.append(WandbLogger(run_dir, name, settings, logging))
+    return sinks
 
 
 class ProgressBar:

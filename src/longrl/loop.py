@@ -24,12 +24,12 @@ import torch
 
 from longrl import checkpoint
 from longrl.buffer import ReplayBuffer
-from longrl.config import RunConfig, dump_toml, load_config
+from longrl.config import RunConfig, config_to_dict, dump_toml, load_config
 from longrl.data.sources import load_sources
 from longrl.device import resolve_device
 from longrl.errors import LongrlError
 from longrl.evaluate import evaluate
-from longrl.logger import JsonlLogger, ProgressBar, TensorBoardLogger
+from longrl.logger import ProgressBar, run_sinks
 from longrl.models import encode_prompt, load_policy, load_tokenizer
 from longrl.rewards.length import add_length_reward, length_weight
 from longrl.rewards.registry import build_rewards
@@ -259,8 +259,7 @@ def train(run: Run, show_progress: bool = True) -> dict[str, float]:
     (run.dir / "config.toml").write_text(dump_toml(c))
     if run.iteration == 0:  # a new run, or one resumed before its first checkpoint: logs start afresh
         checkpoint.cut_logs(run.dir, -1)
-    sinks = [JsonlLogger(run.dir / "metrics.jsonl"),
-             TensorBoardLogger(run.dir / "tensorboard", purge_step=run.iteration + 1 if run.iteration else 0)]
+    sinks = run_sinks(run.dir, c.name, config_to_dict(c), c.logging, resumed_at=run.iteration)
     progress = ProgressBar(c.iterations, initial=run.iteration, disable=not show_progress)
     summary: dict[str, float] = {}
     metrics: dict[str, float] = {}

@@ -4,9 +4,11 @@
   checkpoint (the shape of the k1.5 paper's Figure 7: up and to the left is better);
   `efficiency_table` is the same numbers as a markdown table; `write_efficiency_report` writes
   both plus a JSON copy into one directory (`longrl report --model NAME=DIR ...`).
-- `write_run_report` renders a run's `metrics.jsonl` as `report.html` in the run directory: one
-  small plot per metric namespace (eval, reward, rollout, loss, train), embedded as PNG, so the
-  page is a single file (`longrl report --run RUN_DIR`).
+- `write_run_report` renders a run's `metrics.jsonl` as `report.html` in the run directory
+  (`longrl report --run RUN_DIR`). It opens with what a reader asks first: a summary line, then
+  held-out pass@1 and mean response tokens against iteration and against training time, the
+  training reward and the weight-sync check; then the run's settings (`config.toml`) as a table;
+  then every metric, one small plot per namespace. Plots are embedded as PNG: one file.
 
 Plots use matplotlib's Agg backend: no display is needed.
 """
@@ -16,7 +18,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
+import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -129,8 +133,97 @@ def _section_png(rows: Sequence[dict], section: str, step_key: str) -> str | Non
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def training_time(rows: Sequence[dict]) -> list[float]:
+    """Seconds of training before each row: the running sum of `perf/iteration_s` (rollout,
+    scoring, training and sync of each iteration; evaluation excluded), so resumes add no gaps."""
+    return list(itertools.accumulate((row.get("perf/iteration_s") or 0.0 for row in rows), initial=0.0))[1:]
+
+
+# (metric, label) pairs of the headline figure: each row of panels is one quantity, drawn against
+# iteration and against training time
+_HEADLINE = (
+    (("eval/pass@1",), "held-out pass@1"),
+    (("eval/mean_tokens", "rollout/mean_tokens"), "mean response tokens"),
+)
+
+
+def _headline_png(rows: Sequence[dict], step_key: str) -> str | None:
+    minutes = [t / 60 for t in training_time(rows)]
+    panels = [(keys, label) for keys, label in _HEADLINE if any(k in r for k in keys for r in rows)]
+    tail = [k for k in ("reward/mean", "sync/probe_max_diff") if any(k in r for r in rows)]
+    if not panels and not tail:
+        return None
+    plt = _pyplot()
+    nrows = len(panels) + (1 if tail else 0)
+    fig, axes = plt.subplots(nrows, 2, figsize=(9, 2.8 * nrows), squeeze=False)
+    for (keys, label), (by_step, by_time) in zip(panels, axes):
+        for key in keys:
+            if not any(key in r for r in rows):
+                continue
+            series = [(r.get(step_key, i), t, r[key]) for i, (r, t) in enumerate(zip(rows, minutes))
+                      if isinstance(r.get(key), (int, float))]
+            steps, times, values = zip(*series)
+            who = "held-out" if key.startswith("eval/") else "training"
+            style = {"marker": "o" if len(values) < 30 else None, "markersize": 3, "label": f"{who} ({key})"}
+            by_step.plot(steps, values, **style)
+            by_time.plot(times, values, **style)
+        by_step.set_title(f"{label} by {step_key}", fontsize=9)
+        by_time.set_title(f"{label} by training time", fontsize=9)
+        by_time.set_xlabel("minutes (evaluation excluded)", fontsize=8)
+        if len(keys) > 1:
+            by_step.legend(fontsize=7)
+    if tail:
+        for ax, key in zip(axes[-1], tail):
+            steps, values = metric_series(rows, key, step_key)
+            ax.plot(steps, values, marker="o" if len(values) < 30 else None, markersize=3)
+            ax.set_title({"reward/mean": "training reward (reward/mean)",
+                          "sync/probe_max_diff": "weight-sync check (sync/probe_max_diff)"}[key], fontsize=9)
+            if key == "sync/probe_max_diff" and max(values, default=0) > 0:
+                ax.set_yscale("log")
+        for ax in axes[-1][len(tail):]:
+            ax.axis("off")
+    for ax in axes.flat:
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _summary(rows: Sequence[dict], step_key: str) -> str:
+    evals = [(r.get(step_key), r["eval/pass@1"]) for r in rows if isinstance(r.get("eval/pass@1"), (int, float))]
+    parts = [f"{len(rows)} logged rows"]
+    if evals:
+        best = max(evals, key=lambda e: e[1])
+        parts.append(f"held-out pass@1 {evals[0][1]:.3f} at {step_key} {evals[0][0]} &rarr; {evals[-1][1]:.3f} "
+                     f"at {evals[-1][0]} (best {best[1]:.3f} at {best[0]})")
+    if any("perf/iteration_s" in r for r in rows):
+        parts.append(f"training time {training_time(rows)[-1] / 60:.1f} min")
+    return "; ".join(parts)
+
+
+def _settings_table(config_file: Path) -> str:
+    """The run's settings as an HTML table, one row per field (`section.field`)."""
+    def flat(table: dict, prefix: str = ""):
+        for key, value in table.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    cells = "".join(f"<tr><td><code>{html.escape(k)}</code></td><td><code>{html.escape(json.dumps(v))}</code></td></tr>"
+                    for k, v in flat(tomllib.loads(config_file.read_text())))
+    return f"<table><tr><th>setting</th><th>value</th></tr>{cells}</table>"
+
+
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:collapse;"
+          "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}</style>")
+
+
 def write_run_report(run_dir: str | Path) -> Path:
-    """`<run_dir>/report.html`: the run's curves, one figure per metric namespace."""
+    """`<run_dir>/report.html`: summary, headline figure, settings, then every metric (module docstring)."""
     run_dir = Path(run_dir)
     metrics_file = run_dir / "metrics.jsonl"
     if not metrics_file.is_file():
@@ -138,15 +231,21 @@ def write_run_report(run_dir: str | Path) -> Path:
     rows = read_metrics(metrics_file)
     step_key = "iteration" if any("iteration" in r for r in rows) else "step"
     parts = [f"<h1>{html.escape(run_dir.name)}</h1>",
-             f"<p>{len(rows)} logged rows from {html.escape(str(metrics_file))}</p>"]
+             f"<p>{_summary(rows, step_key)} (from {html.escape(str(metrics_file))})</p>"]
+    headline = _headline_png(rows, step_key)
+    if headline:
+        parts.append(f"<img id=\"headline\" src=\"data:image/png;base64,{headline}\">")
+    if (run_dir / "config.toml").is_file():
+        parts.append(f"<h2 id=\"settings\">settings</h2>{_settings_table(run_dir / 'config.toml')}")
+    parts.append("<h2 id=\"all\">all metrics</h2>")
     sections = [s for s in _SECTIONS if any(k.startswith(f"{s}/") for r in rows for k in r)]
     sections += sorted({k.split("/")[0] for r in rows for k in r if "/" in k} - set(sections))
     for section in sections:
         png = _section_png(rows, section, step_key)
         if png:
-            parts.append(f"<h2>{html.escape(section)}</h2><img src=\"data:image/png;base64,{png}\">")
+            parts.append(f"<h3>{html.escape(section)}</h3><img src=\"data:image/png;base64,{png}\">")
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>"
-            f"{html.escape(run_dir.name)}</title></head><body>" + "\n".join(parts) + "</body></html>\n")
+            f"{html.escape(run_dir.name)}</title>{_STYLE}</head><body>" + "\n".join(parts) + "</body></html>\n")
     out = run_dir / "report.html"
     out.write_text(page)
     return out

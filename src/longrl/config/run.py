@@ -374,6 +374,21 @@ class ClusterConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where the per-iteration metrics go besides `metrics.jsonl` (docs/rl.md, "Metrics")."""
+
+    tensorboard: bool = opt(True, "TensorBoard events under `<run>/tensorboard/`.")
+    wandb: bool = opt(False, "Also log to Weights & Biases (needs `pip install wandb`; files under "
+                      "`<run>/wandb/`).")
+    wandb_project: str = opt("longrl", "W&B project.")
+    wandb_entity: str = opt("", "W&B team or user ('' = the logged-in default).")
+    wandb_name: str = opt("", "W&B run name ('' = the run's `name`).")
+    wandb_tags: list[str] = opt([], "W&B tags.")
+    wandb_mode: Literal["", "online", "offline", "disabled"] = opt(
+        "", "online, offline (no network; `wandb sync` uploads later) or disabled; '' = $WANDB_MODE, else online.")
+
+
+@dataclass
 class RunConfig:
     """An RL run (`longrl train`)."""
 
@@ -397,6 +412,7 @@ class RunConfig:
     partial: PartialRolloutConfig = field(default_factory=PartialRolloutConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         if self.rollout.samples_per_prompt < 2 and self.loss.baseline == "mean":
