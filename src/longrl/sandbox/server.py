@@ -9,7 +9,8 @@ Endpoints
 * `POST /run_tests` — one program over many stdin test cases (compiled once), each case in a
   fresh jail; optional expected outputs are compared (whitespace-normalised) and the response
   says which cases passed.
-* `GET /health` — pool state and isolation mode; `?deep=true` also runs a program.
+* `GET /health` — pool state and isolation mode; `?deep=true` also lists what runs left behind
+  (`leftovers`, empty when healthy) and runs a program.
 
 Back-pressure: at most `workers` runs execute at once and at most `queue` more wait; beyond that
 the service answers 429 with Retry-After at once instead of queueing without bound, so a
@@ -278,7 +279,8 @@ class _Service:
             "warm_python": self.config.warm_python,
             **self.pool.state(),
         }
-        if deep:
+        if deep:  # what earlier runs left behind (none, in a healthy service), then a test run
+            body["leftovers"] = iso.leftovers()
             probe = await self.pool.submit(iso.run_code, "python", "print(6*7)")
             if probe.run is None or probe.run.stdout != b"42\n":
                 raise HTTPException(503, f"self-test failed: {probe}")
