@@ -67,6 +67,11 @@ def test_cluster_run_resumes_from_its_checkpoint(runs):
     resumed = {r["iteration"]: r for r in _metrics(copy)}
     assert sorted(i for i in resumed if "reward/mean" in resumed[i]) == list(range(1, 23))
     assert "eval/pass@1" in resumed[22]
+    # exact: the rollout workers' sampling generators are checkpointed (cluster.pool.PoolGenerators)
+    original = {r["iteration"]: r for r in _metrics(runs / "rl")}
+    for i in (21, 22):
+        for key in ("reward/mean", "rollout/mean_tokens", "loss/opmd"):
+            assert resumed[i][key] == original[i][key], (i, key)
 
 
 def test_dead_trainer_rank_names_itself(runs, warmed_up_model):

@@ -18,11 +18,12 @@ A worker that hangs without dying (a deadlock, a wedged device) is found by the 
 the actor is killed and replaced and its chunk issued again, as above (`cluster/rollout_hangs`).
 The timeout must exceed the longest legitimate call (a whole rollout chunk at the longest
 response length). Not covered: a lost driver (the run stops; `--resume` continues from the last
-checkpoint).
+checkpoint, exactly: the workers' sampling generators are checkpointed, `PoolGenerators`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +34,8 @@ from ray.exceptions import RayActorError
 
 from longrl.cluster.errors import ClusterError
 from longrl.types import Completion, GenerationRequest, SamplingParams
+
+log = logging.getLogger(__name__)
 
 MAX_RESTARTS = 3  # per worker and call; module docstring
 
@@ -87,6 +90,35 @@ class RolloutWorker:
     def wake(self) -> None:
         self.engine.wake()
 
+    def generator_state(self) -> torch.Tensor | None:
+        """The engine's sampling generator state (None for an engine without one: vLLM unless
+        `rollout.vllm_request_seeds`)."""
+        generator = getattr(self.engine, "generator", None)
+        return None if generator is None else generator.get_state()
+
+    def set_generator_state(self, state: torch.Tensor) -> None:
+        self.engine.generator.set_state(state)
+
+
+class PoolGenerators:
+    """The sampling generators of every rollout worker, as one state: what `loop.save_checkpoint`
+    saves as the engine's generator, so a resumed cluster run samples what the uninterrupted one
+    would have (the saved states are the workers' current ones, replaced workers included)."""
+
+    def __init__(self, pool: EnginePool):
+        self.pool = pool
+
+    def get_state(self) -> list[torch.Tensor]:
+        return ray.get([w.generator_state.remote() for w in self.pool.workers])
+
+    def set_state(self, states: list[torch.Tensor]) -> None:
+        if len(states) != len(self.pool.workers):
+            log.warning("the checkpoint holds the sampling state of %d rollout workers and this run has %d: "
+                        "sampling continues with fresh randomness (the resume is not exact)",
+                        len(states), len(self.pool.workers))
+            return
+        ray.get([w.set_generator_state.remote(s) for w, s in zip(self.pool.workers, states)])
+
 
 def chunks(n: int, parts: int) -> list[range]:
     """`range(n)` cut into `parts` contiguous ranges whose sizes differ by at most one (some empty)."""
@@ -113,6 +145,8 @@ class EnginePool:
         self.workers = [spawn(i, 0) for i in range(size)]
         self.restore: Callable[[int], None] = lambda index: None
         self.pads_contexts = ray.get(self.workers[0].pads_contexts.remote())
+        has_generator = ray.get(self.workers[0].generator_state.remote()) is not None
+        self.generator = PoolGenerators(self) if has_generator else None
         self.restarts = self.reissued = self.hangs = 0  # since the last `take_fault_metrics`
 
     # -- faults ----------------------------------------------------------------------------------
