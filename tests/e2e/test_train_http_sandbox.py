@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from longrl.data.sources import load_humaneval
+from longrl.sandbox.load import spawned_service
 from longrl.rewards.code import CodeReward, CodeRewardConfig, code_reward
 from longrl.types import Prompt
 
@@ -27,31 +24,8 @@ from longrl.types import Prompt
 @contextlib.contextmanager
 def sandbox_service(log_path: Path, workers: int = 2):
     """`longrl sandbox serve` in a subprocess on a free port; yields its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "longrl.cli", "sandbox", "serve", "--port", str(port),
-            "--workers", str(workers), "--log-level", "warning"]  # fmt: skip
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"sandbox server exited: {log_path.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"sandbox server did not start: {log_path}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
+    with spawned_service(workers, log_path=log_path) as (url, _):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def completed_runs(url: str) -> int:

@@ -31,8 +31,11 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
 
 from longrl.sandbox.client import SandboxClient
 
@@ -148,24 +151,32 @@ def _rss_mb(pid: int) -> float | None:
 
 
 @contextlib.contextmanager
-def spawned_service(workers: int, queue: int, extra: list[str] | None = None) -> Iterator[tuple[str, int]]:
-    """`longrl sandbox serve` as a child process on a free local port: yields (url, pid)."""
+def spawned_service(workers: int, queue: int = 0, log_path: str | os.PathLike | None = None,
+                    extra: Sequence[str] = ()) -> Iterator[tuple[str, int]]:
+    """`longrl sandbox serve` as a child process on a free local port, its output to `log_path`
+    (default: discarded); yields (url, pid) once `/health` answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "longrl.cli", "sandbox", "serve", "--port", str(port),
-                             "--workers", str(workers), "--queue", str(queue), "--log-level", "warning",
-                             *(extra or [])])
     url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "longrl.cli", "sandbox", "serve", "--port", str(port), "--workers", str(workers),
+            "--queue", str(queue), "--log-level", "warning", *extra]
+    with open(log_path or os.devnull, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    def tail() -> str:
+        return f": {Path(log_path).read_text()[-2000:]}" if log_path else ""
+
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the sandbox service exited with status {proc.returncode} at start")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
+                raise RuntimeError(f"the sandbox service exited with status {proc.returncode} at start{tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError("the sandbox service did not start within 60 s")
+                raise RuntimeError(f"the sandbox service did not start within 60 s{tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
             time.sleep(0.1)
         yield url, proc.pid
     finally:
