@@ -21,6 +21,17 @@ Deviations, all deliberate:
   error, w_t (a_j − τ ρ_t)² / 2τ, still averaged over the sequence's loss tokens (not over Σ w);
   `level="sequence"` uses the weighted log-ratio ρ_j = Σ_t w_t ρ_t. w ≡ 1 is the plain loss.
 
+Baselines for ablations (`loss.kind`), beside OPMD and sharing its inputs:
+- `grpo`: the clipped importance-ratio objective of PPO with group-normalised advantages
+  a_j = (r_j − mean r) / (std r + ε) (std over the group, unbiased; `grpo_scale = false` keeps
+  r_j − mean r, as Dr. GRPO does), per token −min(ρ_t a_j, clip(ρ_t, 1 − ε_low, 1 + ε_high) a_j)
+  with ρ_t = π_θ/π_θi, averaged over the sequence's tokens, then over sequences (GRPO's own
+  normalisation). No KL term (as TRL's default, β = 0): the ratio clip is the trust region.
+- `rest`: supervised fine-tuning on the sampled responses whose reward reaches a threshold
+  (ReST / rejection-sampling fine-tuning): −mean_t log π_θ(y_t) for those, 0 for the others,
+  averaged over all sequences, so a batch with few correct responses takes a smaller step.
+Both take the same optional token weights as OPMD (partial rollouts).
+
 Shape legend: B packed rows, T tokens per row, N sequences.
 """
 
@@ -95,3 +106,95 @@ def opmd_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_mask: tor
             "loss/kl_to_sampler": (log_ratio.exp() - 1 - log_ratio).mean().item() if log_ratio.numel() else 0.0,
         }
     return loss, metrics
+
+
+def _per_sequence_mean(per_token: torch.Tensor, seq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M] token terms of sequences `seq` -> ([N] mean over each sequence's tokens, [N] has tokens)."""
+    sums = torch.zeros(n, dtype=per_token.dtype, device=per_token.device).index_add_(0, seq, per_token)
+    counts = torch.zeros(n, dtype=per_token.dtype, device=per_token.device).index_add_(0, seq, torch.ones_like(per_token))
+    return sums / counts.clamp(min=1), counts > 0
+
+
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: bool = True,
+                    eps: float = 1e-4) -> tuple[torch.Tensor, dict]:
+    """a_j = (r_j − mean r) / (std r + eps) over each group (unbiased std; 0 for a group of one or
+    of equal rewards)."""
+    centred = rewards - group_baseline(rewards, group_ids, tau=1.0, kind="mean")  # [N]
+    if scale:
+        num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 0
+        zeros = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device)
+        counts = zeros.index_add(0, group_ids, torch.ones_like(rewards))
+        var = zeros.index_add(0, group_ids, centred**2) / (counts - 1).clamp(min=1)
+        std = var.sqrt()[group_ids]
+        centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))  # all equal: 0
+    return centred, {"loss/advantage_abs_mean": centred.abs().mean().item() if len(centred) else 0.0}
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+              seq_ids: torch.Tensor, advantages: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.2,
+              token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The clipped-ratio surrogate (module docstring); inputs as `opmd_loss`."""
+    mask = loss_mask.reshape(-1) > 0
+    seq = seq_ids.reshape(-1)[mask]  # [M]
+    log_ratio = (logprobs - old_logprobs).reshape(-1)[mask]  # [M]
+    ratio = log_ratio.exp()
+    adv = advantages[seq]  # [M]
+    per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - clip_low, 1 + clip_high) * adv)
+    if token_weights is not None:
+        per_token = token_weights.reshape(-1)[mask].to(per_token.dtype) * per_token
+    per_seq, present = _per_sequence_mean(per_token, seq, advantages.shape[0])
+    loss = per_seq[present].sum() / present.sum().clamp(min=1)
+    with torch.no_grad():
+        clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))
+        metrics = {
+            "loss/grpo": loss.item(),
+            "loss/log_ratio_abs_mean": log_ratio.abs().mean().item() if log_ratio.numel() else 0.0,
+            "loss/kl_to_sampler": (ratio - 1 - log_ratio).mean().item() if log_ratio.numel() else 0.0,
+            "loss/clip_fraction": clipped.float().mean().item() if log_ratio.numel() else 0.0,
+        }
+    return loss, metrics
+
+
+def rest_weights(rewards: torch.Tensor, threshold: float) -> tuple[torch.Tensor, dict]:
+    """1 for a response whose reward reaches `threshold`, else 0: [N] -> [N]."""
+    kept = (rewards >= threshold).to(rewards.dtype)
+    return kept, {"loss/rest_kept": kept.mean().item() if len(kept) else 0.0}
+
+
+def rest_loss(logprobs: torch.Tensor, loss_mask: torch.Tensor, seq_ids: torch.Tensor, kept: torch.Tensor,
+              token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """−mean_t log π_θ(y_t) of the kept responses, averaged over all sequences (module docstring)."""
+    mask = loss_mask.reshape(-1) > 0
+    seq = seq_ids.reshape(-1)[mask]
+    per_token = -logprobs.reshape(-1)[mask] * kept[seq]  # [M]
+    if token_weights is not None:
+        per_token = token_weights.reshape(-1)[mask].to(per_token.dtype) * per_token
+    per_seq, present = _per_sequence_mean(per_token, seq, kept.shape[0])
+    loss = per_seq[present].sum() / present.sum().clamp(min=1)
+    return loss, {"loss/rest": loss.item()}
+
+
+def advantages_for(config, rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The per-sequence [N] input of `loss_for` under `config.kind` (a `LossConfig`)."""
+    if config.kind == "opmd":
+        return opmd_advantages(rewards, group_ids, config.tau, config.baseline)
+    if config.kind == "grpo":
+        return grpo_advantages(rewards, group_ids, config.grpo_scale)
+    if config.kind == "rest":
+        return rest_weights(rewards, config.rest_threshold)
+    raise ValueError(f"unknown loss kind {config.kind!r}: use 'opmd', 'grpo' or 'rest'")
+
+
+def loss_for(config, logprobs: torch.Tensor, old_logprobs: torch.Tensor, loss_mask: torch.Tensor,
+             seq_ids: torch.Tensor, advantages: torch.Tensor,
+             token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """The policy loss `config.kind` selects (a `LossConfig`); inputs as `opmd_loss`."""
+    if config.kind == "opmd":
+        return opmd_loss(logprobs, old_logprobs, loss_mask, seq_ids, advantages, config.tau, config.level,
+                         token_weights)
+    if config.kind == "grpo":
+        return grpo_loss(logprobs, old_logprobs, loss_mask, seq_ids, advantages, config.clip_low,
+                         config.clip_high, token_weights)
+    if config.kind == "rest":
+        return rest_loss(logprobs, loss_mask, seq_ids, advantages, token_weights)
+    raise ValueError(f"unknown loss kind {config.kind!r}: use 'opmd', 'grpo' or 'rest'")

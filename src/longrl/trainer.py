@@ -48,7 +48,7 @@ from longrl import distributed as group
 from longrl.config import LossConfig, TrainConfig
 from longrl.device import attention_implementation, autocast, compute_dtype
 from longrl.logprobs import policy_logprobs, supports_chunked
-from longrl.losses import opmd_advantages, opmd_loss
+from longrl.losses import advantages_for, loss_for
 from longrl.models import token_logprobs
 from longrl.types import TrainBatch, Trajectory
 
@@ -177,10 +177,10 @@ def split_by_tokens(lengths: Sequence[int], parts: int) -> list[list[int]]:
     return [sorted(part) for part in out]
 
 
-# Loss metrics that are means over loss tokens (the others from `opmd_loss` are means over
+# Loss metrics that are means over loss tokens (the others from the losses are means over
 # sequences): micro-batches and ranks are weighted by their tokens, so each is the mean over all
 # loss tokens of the mini-batch, however it was split.
-_TOKEN_MEANS = ("loss/log_ratio_abs_mean", "loss/kl_to_sampler")
+_TOKEN_MEANS = ("loss/log_ratio_abs_mean", "loss/kl_to_sampler", "loss/clip_fraction")
 
 
 @contextlib.contextmanager
@@ -312,8 +312,7 @@ class Trainer:
         old, mask, seq_ids, weights = (on(inputs[k]) for k in ("old", "mask", "seq_ids", "weights"))
         logp, entropy = self._logprobs(inputs["ids"], inputs["positions"], with_entropy=True)  # [b, t] each
         part = _count_sequences(seq_ids, mask)
-        loss, m = opmd_loss(logp, old, mask, seq_ids.clamp(min=0), on(inputs["advantages"]),
-                            self.loss_config.tau, self.loss_config.level, weights)
+        loss, m = loss_for(self.loss_config, logp, old, mask, seq_ids.clamp(min=0), on(inputs["advantages"]), weights)
         (loss * part / total).backward()
         with torch.no_grad():
             tokens = float(mask.sum())
@@ -447,8 +446,7 @@ class Trainer:
         if c.recompute_old_logprobs:
             metrics["train/old_logprob_max_diff"] = self.recompute_logprobs(trajectories)
         rewards = torch.tensor([float(t.reward) for t in trajectories])
-        advantages, m = opmd_advantages(rewards, group_indices(trajectories), self.loss_config.tau,
-                                        self.loss_config.baseline)
+        advantages, m = advantages_for(self.loss_config, rewards, group_indices(trajectories))
         metrics.update(m)
         order = list(range(len(trajectories)))
         steps, sums, tokens = 0, {}, 0

@@ -92,6 +92,21 @@ def test_training_phase_moves_the_policy_toward_rewarded_samples(tiny_model_dir)
     assert rewarded_after > rewarded_before  # sample 1 had reward 1 > its group's mean 0.5
 
 
+@pytest.mark.parametrize("kind", ["grpo", "rest"])
+def test_baseline_losses_train_toward_rewarded_samples(tiny_model_dir, kind):
+    model = load_model(tiny_model_dir)
+    trainer = Trainer(model, TrainConfig(lr=1e-2, mini_batch_size=4, epochs=2), LossConfig(kind=kind), pad_id=0)
+    trajectories = _trajectories()
+    ids = torch.tensor([trajectories[1].prompt_ids + trajectories[1].response_ids])
+    with torch.no_grad():
+        rewarded_before = token_logprobs(model, ids, torch.arange(ids.shape[1])[None])[0, 3:].sum()
+    metrics = trainer.train_iteration(trajectories)
+    assert math.isfinite(metrics[f"loss/{kind}"]) and metrics["train/steps"] == 4
+    with torch.no_grad():
+        rewarded_after = token_logprobs(model, ids, torch.arange(ids.shape[1])[None])[0, 3:].sum()
+    assert rewarded_after > rewarded_before
+
+
 def test_optimizer_is_reset_every_iteration(tiny_model_dir):
     trainer = Trainer(load_model(tiny_model_dir), TrainConfig(mini_batch_size=8), LossConfig(), pad_id=0)
     trainer.train_iteration(_trajectories())

@@ -146,16 +146,25 @@ class RewardConfig:
 
 @dataclass
 class LossConfig:
-    """Online policy mirror descent (SPEC §3)."""
+    """Online policy mirror descent (SPEC §3), or a baseline for ablations (`losses.py`)."""
 
+    kind: Literal["opmd", "grpo", "rest"] = opt(
+        "opmd", "`opmd`: the k1.5 loss; `grpo`: clipped ratio with group-normalised advantages; `rest`: "
+                "fine-tuning on the responses whose reward reaches `rest_threshold` (baselines).")
     tau: float = opt(0.1, "τ: strength of the KL term to the sampling policy, > 0. Paper gives none.")
     level: Literal["sequence", "token"] = opt(
         "token", "`sequence`: the paper's log-ratio of whole responses; `token`: per-token "
                  "log-ratios averaged over response tokens (ours).")
     baseline: Literal["mean", "logmeanexp"] = opt(
         "mean", "Estimate of τ log Z: mean reward of the k samples (paper) or τ log mean exp(r/τ).")
+    clip_low: float = opt(0.2, "grpo: the ratio is clipped below at 1 - clip_low.")
+    clip_high: float = opt(0.2, "grpo: the ratio is clipped above at 1 + clip_high (DAPO raises it, e.g. 0.28).")
+    grpo_scale: bool = opt(True, "grpo: divide the group-centred reward by the group's std (false: Dr. GRPO).")
+    rest_threshold: float = opt(1.0, "rest: the reward a response needs to be trained on.")
 
     def __post_init__(self) -> None:
+        if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
+            raise ConfigError(f"loss: need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
         if self.tau <= 0:
             raise ConfigError(f"loss.tau is {self.tau}: τ must be > 0 (it divides the rewards and scales "
                               "the KL term; 0.1 is the tested default)")
