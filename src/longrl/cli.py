@@ -1,4 +1,5 @@
-"""`longrl` command line: train | sft | eval | init | sandbox serve | testgen | merge | shortest-rs | dpo | report | curate.
+"""`longrl` command line: train | sft | eval | init | sandbox serve | testgen | merge | shortest-rs |
+dpo | report | curate | rm train.
 
 Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
 field with its type, default and meaning. A user error (any `LongrlError`: config, data, missing
@@ -244,9 +245,27 @@ def cmd_curate(argv: list[str]) -> int:
     return 0
 
 
+def cmd_rm(argv: list[str]) -> int:
+    from longrl.config import RMTrainConfig
+    from longrl.rewards.rm import train_rm
+
+    if not argv or argv[0] != "train":
+        print("usage: longrl rm train CONFIG [k=v ...]   train a classic reward model on labelled responses\n"
+              "       longrl rm train --help             lists every config field")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    config, show_progress = _load_job(argv[1:], "longrl rm train", RMTrainConfig,
+                                      "Train a classic reward model (SPEC §6): a scalar head on a causal LM, "
+                                      "binary cross-entropy on labelled responses.")
+    metrics = train_rm(config, show_progress=show_progress)
+    print(f"reward model: {config.out_dir}/{config.name}/final   held-out accuracy {metrics['rm/accuracy']:.3f} "
+          f"({metrics['rm/held_out_rows']:.0f} rows)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_init,
             "sandbox": cmd_sandbox, "testgen": cmd_testgen, "merge": cmd_merge,
-            "shortest-rs": cmd_shortest_rs, "dpo": cmd_dpo, "report": cmd_report, "curate": cmd_curate}
+            "shortest-rs": cmd_shortest_rs, "dpo": cmd_dpo, "report": cmd_report, "curate": cmd_curate,
+            "rm": cmd_rm}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ curation job. Everything is importable from `longrl.config`.
 """
 
 from longrl.config.curate import CURATE_STEPS, CurateConfig
-from longrl.config.jobs import DPOConfig, L2SSampleConfig, ShortestRSConfig, SFTConfig
+from longrl.config.jobs import DPOConfig, L2SSampleConfig, RMTrainConfig, ShortestRSConfig, SFTConfig
 from longrl.config.loader import ConfigError, config_to_dict, describe, dump_toml, load_config, nearest, opt
 from longrl.config.run import (ClusterConfig, DataConfig, EvalConfig, LoggingConfig, LossConfig, ModelConfig, PartialRolloutConfig,
                                RepetitionConfig, RewardConfig, RolloutConfig, RunConfig, SamplerConfig,
@@ -13,7 +13,8 @@ from longrl.config.run import (ClusterConfig, DataConfig, EvalConfig, LoggingCon
 
 __all__ = [
     "CURATE_STEPS", "ClusterConfig", "ConfigError", "CurateConfig", "DPOConfig", "DataConfig", "EvalConfig", "L2SSampleConfig",
-    "LoggingConfig", "LossConfig", "ModelConfig", "PartialRolloutConfig", "RepetitionConfig", "RewardConfig", "RolloutConfig",
+    "LoggingConfig", "LossConfig", "ModelConfig", "PartialRolloutConfig", "RMTrainConfig", "RepetitionConfig",
+    "RewardConfig", "RolloutConfig",
     "RunConfig", "SFTConfig", "SamplerConfig", "ShortestRSConfig", "TinyModelConfig", "TrainConfig",
     "WorldConfig", "config_to_dict", "describe", "dump_toml", "load_config", "nearest", "opt",
 ]

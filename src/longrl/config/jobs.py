@@ -101,3 +101,26 @@ class DPOConfig:
         if self.length_ratio < 1:
             raise ConfigError(f"length_ratio is {self.length_ratio}: give a ratio >= 1 (paper: 1.5)")
 
+
+
+@dataclass
+class RMTrainConfig:
+    """A classic reward model trained on labelled responses (`longrl rm train`, SPEC §6)."""
+
+    name: str = opt("rm", "Run name: outputs go to `<out_dir>/<name>/` (the model in `final/`).")
+    out_dir: str = opt("runs", "Parent directory of run directories.")
+    seed: int = opt(0, "Seed for the held-out split, data order and the new head.")
+    data: str = opt("", "JSONL of {prompt, reference?, response, label 0/1} rows to train on.")
+    eval_data: str = opt("", "JSONL of held-out rows ('' = hold out `eval_fraction` of `data`).")
+    eval_fraction: float = opt(0.2, "Share of `data` held out when `eval_data` is not given.")
+    epochs: int = opt(3, "Passes over the training rows.")
+    batch_size: int = opt(16, "Rows per optimizer step.")
+    lr: float = opt(1e-4, "AdamW learning rate.")
+    weight_decay: float = opt(0.0, "AdamW weight decay.")
+    max_tokens: int = opt(4096, "Longer inputs keep their last max_tokens tokens.")
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda, cuda:N.")
+    model: ModelConfig = field(default_factory=ModelConfig)  # path: a causal LM (new head) or an RM
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction is {self.eval_fraction}: choose a share between 0 and 1")

@@ -52,6 +52,8 @@ BUILTIN: dict[str, Builtin] = {
     "math": Builtin("longrl.rewards.math", "math_reward", "MathRewardConfig", "math"),
     "code": Builtin("longrl.rewards.code", "code_reward", "CodeRewardConfig", "sandbox"),
     "reasoning_gym": Builtin("longrl.rewards.gym", "gym_reward", "GymRewardConfig", "data"),
+    "rm": Builtin("longrl.rewards.rm", "rm_reward", "RMRewardConfig", None),
+    "judge": Builtin("longrl.rewards.judge", "judge_reward", "JudgeRewardConfig", None),
 }
 
 
