@@ -45,7 +45,7 @@ def test_wrong_result_count_is_an_error_not_a_crash():
 
 
 def test_unknown_reward_names_the_nearest_and_the_known_ones():
-    assert available_rewards() == ["code", "math", "reasoning_gym", "world"]
+    assert available_rewards() == ["code", "judge", "math", "reasoning_gym", "rm", "world"]
     with pytest.raises(ConfigError, match=r"unknown reward 'wrold': did you mean 'world'\?.*FILE.py:FUNCTION"):
         get_reward("wrold")
 
