@@ -1,5 +1,5 @@
 """`longrl` command line: train | sft | eval | init | sandbox serve | testgen | merge | shortest-rs |
-dpo | report | curate | rm train.
+dpo | report | curate | rm train | rm train-judge.
 
 Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
 field with its type, default and meaning. A user error (any `LongrlError`: config, data, missing
@@ -249,9 +249,21 @@ def cmd_rm(argv: list[str]) -> int:
     from longrl.config import RMTrainConfig
     from longrl.rewards.rm import train_rm
 
+    if argv and argv[0] == "train-judge":
+        from longrl.config import JudgeTrainConfig
+        from longrl.rewards.judge import train_judge
+
+        config, show_progress = _load_job(argv[1:], "longrl rm train-judge", JudgeTrainConfig,
+                                          "Fine-tune a chain-of-thought judge (SPEC §6) on verdict traces built "
+                                          "from labelled responses.")
+        metrics = train_judge(config, show_progress=show_progress)
+        print(f"judge: {config.out_dir}/{config.name}/final   held-out accuracy {metrics['judge/accuracy']:.3f} "
+              f"({metrics['judge/held_out_rows']:.0f} rows)")
+        return 0
     if not argv or argv[0] != "train":
-        print("usage: longrl rm train CONFIG [k=v ...]   train a classic reward model on labelled responses\n"
-              "       longrl rm train --help             lists every config field")
+        print("usage: longrl rm train CONFIG [k=v ...]         train a classic reward model on labelled responses\n"
+              "       longrl rm train-judge CONFIG [k=v ...]   fine-tune a chain-of-thought judge on them\n"
+              "       longrl rm train|train-judge --help       lists every config field")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     config, show_progress = _load_job(argv[1:], "longrl rm train", RMTrainConfig,
                                       "Train a classic reward model (SPEC §6): a scalar head on a causal LM, "

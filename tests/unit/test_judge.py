@@ -137,3 +137,31 @@ def test_judge_options_are_checked():
         judge_reward(backend="http")
     with pytest.raises(ConfigError, match="needs model"):
         judge_reward()
+
+
+def test_train_judge_builds_verdict_traces_and_measures_held_out_accuracy(tmp_path, tiny_model_dir):
+    import random
+
+    from longrl.cli import main
+    from longrl.rewards.judge import verdict_trace
+
+    rng, rows = random.Random(0), []
+    for _ in range(40):
+        a, b, good = rng.randint(1, 9), rng.randint(1, 9), rng.random() < 0.5
+        rows.append({"prompt": f"{a}+{b}", "reference": str(a + b), "response": f"A: {a + b + (0 if good else 1)}",
+                     "label": int(good)})
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["rm", "train-judge", f"data={data}", f"model.path={tiny_model_dir}", f"out_dir={tmp_path}",
+                 "steps=5", "rows_per_step=2", "row_tokens=512", "max_new_tokens=16", "--no-progress"]) == 0
+    run = tmp_path / "judge"
+    traces = [json.loads(line) for line in (run / "verdict_traces.jsonl").read_text().splitlines()]
+    held = [json.loads(line) for line in (run / "held_out.jsonl").read_text().splitlines()]
+    assert len(traces) == 32 and len(held) == 8  # eval_fraction 0.2
+    assert all(parse_verdict(t["response"])[1] == "ok" for t in traces)  # every trace ends in one verdict
+    assert verdict_trace("7", "2+5=7\nA: 7", 1) == 'The response ends with: A: 7\nThe reference answer is: 7\nThey agree.\n{"correct": true}'
+    evaluated = json.loads((run / "eval.json").read_text())
+    assert evaluated["eval/prompts"] == 8 and evaluated["eval/samples_per_prompt"] == 1
+    assert 0.0 <= evaluated["eval/pass@1"] <= 1.0
+    judge = judge_reward(model=str(run / "final"), max_new_tokens=16)  # the trained judge loads as the reward
+    assert len(judge([Prompt("a", "3+4", answer="7")], ["A: 7"])) == 1

@@ -124,3 +124,30 @@ class RMTrainConfig:
     def __post_init__(self) -> None:
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction is {self.eval_fraction}: choose a share between 0 and 1")
+
+
+@dataclass
+class JudgeTrainConfig:
+    """A chain-of-thought judge fine-tuned on verdict traces of labelled responses
+    (`longrl rm train-judge`, SPEC §6; the traces and their SFT in rewards/judge.py)."""
+
+    name: str = opt("judge", "Run name: outputs go to `<out_dir>/<name>/` (the judge in `final/`).")
+    out_dir: str = opt("runs", "Parent directory of run directories.")
+    seed: int = opt(0, "Seed for the held-out split and data order.")
+    threads: int = opt(0, "torch intra-op threads (0 = torch default).")
+    data: str = opt("", "JSONL of {prompt, reference?, response, label 0/1} rows (as `longrl rm train`).")
+    eval_data: str = opt("", "JSONL of held-out rows ('' = hold out `eval_fraction` of `data`).")
+    eval_fraction: float = opt(0.2, "Share of `data` held out when `eval_data` is not given.")
+    template: str = opt("", "A file with the judge prompt ('' = the built-in one, rewards/judge.py).")
+    steps: int = opt(300, "SFT optimizer steps.")
+    lr: float = opt(1e-3, "Peak SFT learning rate (linear warm-up, cosine decay).")
+    warmup_steps: int = opt(20, "SFT linear warm-up steps.")
+    rows_per_step: int = opt(8, "Packed rows per SFT step.")
+    row_tokens: int = opt(1024, "Tokens per packed row.")
+    log_every: int = opt(25, "Log the loss every N steps.")
+    max_new_tokens: int = opt(256, "Longest judge output when measuring held-out accuracy (greedy).")
+    model: ModelConfig = field(default_factory=ModelConfig)  # the judge to start from (a causal LM)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eval_fraction < 1:
+            raise ConfigError(f"eval_fraction is {self.eval_fraction}: choose a share between 0 and 1")

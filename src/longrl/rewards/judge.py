@@ -20,6 +20,12 @@ says, a verdict is a score, never an exception:
 Several verdicts score 0 even when they agree: a policy that writes `{"correct": true}` into its
 own response hopes the judge will quote it, and a judge that echoes the response must not pay.
 
+`train_judge` (`longrl rm train-judge`) fine-tunes a judge on verdict traces built from labelled
+responses (the same JSONL as `longrl rm train`): for each row, the filled template as the prompt
+and, as the answer, a short comparison and the verdict the label gives (`verdict_trace`); it runs
+`longrl sft` on them and reports the judge's held-out accuracy (its verdicts, parsed as above,
+against the labels).
+
 Backends (`backend`):
 - `engine`: the judge model (`model = DIR`) runs in this process on a longrl engine, batched.
 - `http`: an OpenAI-compatible `/v1/chat/completions` endpoint (`url`, e.g. a vLLM server), with
@@ -197,3 +203,57 @@ class Judge:
 
 def judge_reward(**options) -> Judge:
     return Judge(JudgeRewardConfig(**options))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training a judge
+# ----------------------------------------------------------------------------------------------
+
+
+def verdict_trace(reference: str | None, response: str, label: int) -> str:
+    """The judge output a labelled row teaches: the response's last line against the reference,
+    then the label's verdict."""
+    lines = [line.strip() for line in response.splitlines() if line.strip()]
+    last = lines[-1][-200:] if lines else "(empty)"
+    agree = "They agree." if label else "They differ."
+    return (f"The response ends with: {last}\nThe reference answer is: {reference or '(none given)'}\n{agree}\n"
+            + json.dumps({"correct": bool(label)}))
+
+
+def verdict_matches(prompt: Prompt, response: str) -> float:
+    """1.0 when a judge output's verdict equals the label kept in `prompt.answer` ("true"/"false")."""
+    verdict, _ = parse_verdict(response)
+    return float(verdict is not None and verdict == (prompt.answer == "true"))
+
+
+def train_judge(config, show_progress: bool = True) -> dict[str, float]:
+    """`longrl rm train-judge` (a `JudgeTrainConfig`): returns the SFT job's metrics plus
+    `judge/accuracy`."""
+    from longrl.config import DataConfig, EvalConfig, RewardConfig, SFTConfig, dump_toml
+    from longrl.rewards.rm import split_labelled
+    from longrl.sft import run_sft
+
+    template = Path(config.template).read_text() if config.template else JUDGE_TEMPLATE
+    rows, held = split_labelled(config)
+    run_dir = Path(config.out_dir) / config.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "judge_config.toml").write_text(dump_toml(config))
+    fill = lambda r: template.format(question=r.question, reference=r.reference or "(none given)",  # noqa: E731
+                                     response=r.response)
+    train_file, eval_file = run_dir / "verdict_traces.jsonl", run_dir / "held_out.jsonl"
+    with train_file.open("w") as f:
+        for r in rows:
+            f.write(json.dumps({"prompt": fill(r), "response": verdict_trace(r.reference, r.response, r.label)}) + "\n")
+    with eval_file.open("w") as f:
+        for i, r in enumerate(held):
+            f.write(json.dumps({"id": f"held-{i}", "prompt": fill(r), "answer": "true" if r.label else "false"}) + "\n")
+    sft = SFTConfig(name=config.name, out_dir=config.out_dir, seed=config.seed, threads=config.threads,
+                    steps=config.steps, lr=config.lr, warmup_steps=config.warmup_steps,
+                    rows_per_step=config.rows_per_step, row_tokens=config.row_tokens, log_every=config.log_every,
+                    model=config.model, data=DataConfig(train=[f"jsonl:{train_file}"], eval=[f"jsonl:{eval_file}"]),
+                    reward=RewardConfig(names=["longrl.rewards.judge:verdict_matches"], weights=[1.0]),
+                    eval=EvalConfig(num_prompts=len(held), n_samples=1, temperature=0.0,
+                                    max_new_tokens=config.max_new_tokens))
+    metrics = run_sft(sft, show_progress=show_progress)
+    return metrics | {"judge/accuracy": metrics["eval/pass@1"], "judge/held_out_rows": float(len(held)),
+                      "judge/train_rows": float(len(rows))}

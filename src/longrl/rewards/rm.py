@@ -162,6 +162,25 @@ def read_labelled(path: str | Path) -> list[LabelledResponse]:
     return rows
 
 
+def split_labelled(config) -> tuple[list[LabelledResponse], list[LabelledResponse]]:
+    """(training rows, held-out rows) of a job with `data`, `eval_data`, `eval_fraction`, `seed`:
+    `eval_data` when given, else a seeded `eval_fraction` of `data`."""
+    from longrl.errors import ConfigError
+
+    rows = read_labelled(config.data)
+    if config.eval_data:
+        held = read_labelled(config.eval_data)
+    else:
+        rows = rows[:]
+        random.Random(config.seed).shuffle(rows)
+        cut = int(len(rows) * (1 - config.eval_fraction))
+        rows, held = rows[:cut], rows[cut:]
+    if not rows or not held:
+        raise ConfigError(f"{config.data} gives {len(rows)} training and {len(held)} held-out rows; need both "
+                          "(more rows, eval_fraction, or eval_data)")
+    return rows, held
+
+
 def rm_accuracy(model, tokenizer, rows: Sequence[LabelledResponse], batch_size: int, max_tokens: int) -> float:
     """Share of `rows` whose predicted label (logit > 0) equals the label."""
     model.eval()
@@ -181,20 +200,8 @@ def train_rm(config, show_progress: bool = True) -> dict[str, float]:
 
     from longrl.config import dump_toml
     from longrl.device import resolve_device
-    from longrl.errors import ConfigError
 
-    rows = read_labelled(config.data)
-    if config.eval_data:
-        held = read_labelled(config.eval_data)
-    else:
-        rng = random.Random(config.seed)
-        rows = rows[:]
-        rng.shuffle(rows)
-        cut = int(len(rows) * (1 - config.eval_fraction))
-        rows, held = rows[:cut], rows[cut:]
-    if not rows or not held:
-        raise ConfigError(f"rm train: {config.data} gives {len(rows)} training and {len(held)} held-out rows; "
-                          "need both (more rows, eval_fraction, or eval_data)")
+    rows, held = split_labelled(config)
     torch.manual_seed(config.seed)
     model, tokenizer = load_rm(config.model.path, resolve_device(config.device))
     run_dir = Path(config.out_dir) / config.name
