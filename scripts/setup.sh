@@ -10,5 +10,5 @@ fi
 # (the grep hides this machine's pip-config warnings about local mirror folders; pip's own exit
 # status still stops the script)
 pip_install() { .venv/bin/python -m pip install --quiet "$@" 2> >(grep -v "is ignored" >&2); }
-pip_install -e ".[dev,math,data,ray,wandb]"
+pip_install -e ".[dev,math,data,ray,wandb,lora]"
 .venv/bin/python -c "import longrl, torch, transformers; print(f'longrl ready: torch {torch.__version__}, transformers {transformers.__version__}')"

@@ -30,6 +30,7 @@ from longrl.device import resolve_device
 from longrl.errors import LongrlError
 from longrl.evaluate import evaluate
 from longrl.logger import ProgressBar, run_sinks
+from longrl.lora import with_lora
 from longrl.models import encode_prompt, load_policy, load_tokenizer
 from longrl.rewards.length import add_length_reward, length_weight
 from longrl.rewards.registry import build_rewards
@@ -114,6 +115,7 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     device = resolve_device(config.train.device)
     model = model.to(device)  # the colocated engine copies the weights from here, on the same device
     engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
+    model = with_lora(model, config.model)  # after the engine's copy: the engine holds a plain model
     trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
                       temperature=config.rollout.temperature, seed=config.seed, device=device,
                       dtype=config.model.dtype)

@@ -48,6 +48,7 @@ from longrl import distributed as group
 from longrl.config import LossConfig, TrainConfig
 from longrl.device import attention_implementation, autocast, compute_dtype
 from longrl.logprobs import policy_logprobs, supports_chunked
+from longrl.lora import lora_scale, merged_state_dict
 from longrl.losses import advantages_for, loss_for
 from longrl.models import token_logprobs
 from longrl.types import TrainBatch, Trajectory
@@ -255,8 +256,8 @@ class Trainer:
     def _new_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         fused = self.device.type == "cuda" and not self.cpu_offload  # offloaded shards step on the CPU
-        return torch.optim.AdamW(self.model.parameters(), lr=c.lr, betas=tuple(c.betas),
-                                 weight_decay=c.weight_decay, fused=fused)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # the adapters only, with LoRA
+        return torch.optim.AdamW(trainable, lr=c.lr, betas=tuple(c.betas), weight_decay=c.weight_decay, fused=fused)
 
     def _share(self, trajectories: Sequence[Trajectory], chosen: Sequence[int]) -> list[int]:
         """This rank's part of the sequences `chosen` (all of them in one process)."""
@@ -474,18 +475,22 @@ class Trainer:
         return metrics
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The policy's full weights as CPU float32 tensors, keyed as the Hugging Face model's.
+        """The policy's full weights as CPU float32 tensors, keyed as the Hugging Face model's
+        (with LoRA: merged into the plain model's weights).
 
         In a group every rank must call it (the shards are gathered), and only **rank 0** gets
         the tensors: the other ranks get an empty dict (one full copy per machine, not per rank).
         In one process: copies of the weights.
         """
         if not self.distributed:
-            return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        else:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # cpu_offload: rank 0 only
-        return get_model_state_dict(self.model, options=options)
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)  # cpu_offload: rank 0 only
+            state = get_model_state_dict(self.model, options=options)
+        scale = lora_scale(self.model)
+        return state if scale is None else merged_state_dict(state, scale)  # LoRA: the plain model's (lora.py)
 
     def save_pretrained(self, path, tokenizer=None) -> None:
         """Write the policy (and `tokenizer`, when given) as a Hugging Face model directory that

@@ -18,6 +18,18 @@ class ModelConfig:
     path: str = opt("", "Hugging Face model directory (weights + tokenizer) to start from.")
     dtype: Literal["float32", "bfloat16", "float16"] = opt(
         "float32", "Parameter dtype for training and rollout. float32 on CPU.")
+    lora_rank: int = opt(0, "LoRA: train low-rank adapters of this rank instead of all weights (0 = full "
+                         "fine-tuning; needs `pip install peft`). Engines get the merged weights.")
+    lora_alpha: float = opt(16.0, "LoRA: the adapters' output is scaled by lora_alpha / lora_rank.")
+    lora_dropout: float = opt(0.0, "LoRA: dropout on the adapters' input.")
+    lora_target_modules: list[str] = opt(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "LoRA: names of the linear layers that get adapters (the attention and MLP projections of "
+        "Llama/Qwen-style models).")
+
+    def __post_init__(self) -> None:
+        if self.lora_rank < 0:
+            raise ConfigError(f"model.lora_rank is {self.lora_rank}: 0 (off) or a positive rank")
 
 
 @dataclass
@@ -424,6 +436,9 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.model.lora_rank and self.cluster.enabled:
+            raise ConfigError("model.lora_rank with cluster.enabled: LoRA runs in one process for now "
+                              "(the FSDP2 trainer group trains all weights); set one of them off")
         if self.rollout.samples_per_prompt < 2 and self.loss.baseline == "mean":
             raise ConfigError(
                 f"rollout.samples_per_prompt is {self.rollout.samples_per_prompt}: with the mean baseline "
