@@ -1,5 +1,5 @@
 """`longrl` command line: train | sft | eval | init | sandbox serve | testgen | merge | shortest-rs |
-dpo | report | curate | rm train | rm train-judge.
+rs-sft | dpo | report | curate | rm train | rm train-judge.
 
 Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
 field with its type, default and meaning. A user error (any `LongrlError`: config, data, missing
@@ -178,6 +178,21 @@ def cmd_shortest_rs(argv: list[str]) -> int:
     return 0
 
 
+def cmd_rs_sft(argv: list[str]) -> int:
+    from longrl.config import RejectionSFTConfig
+    from longrl.long2short import run_shortest_rs
+
+    config, show_progress = _load_job(argv, "longrl rs-sft", RejectionSFTConfig,
+                                      "Rejection-sampled SFT, the long-CoT warm-up (SPEC §2): sample n per prompt "
+                                      "with model.path (sample.instruction before each prompt), keep the correct "
+                                      "samples `keep` selects, SFT on them.")
+    metrics = run_shortest_rs(config, show_progress=show_progress)
+    print(f"model: {config.out_dir}/{config.name}/final   kept {metrics['rs/kept']:.0f} samples by keep = "
+          f"{config.keep!r} (mean {metrics['rs/kept_mean_tokens']:.1f} tokens of {metrics['sample/mean_tokens']:.1f} sampled)")
+    print(f"held-out pass@1: {metrics['eval/pass@1']:.3f}   mean tokens: {metrics['eval/mean_tokens']:.1f}")
+    return 0
+
+
 def cmd_dpo(argv: list[str]) -> int:
     from longrl.config import DPOConfig
     from longrl.long2short import run_dpo
@@ -276,8 +291,8 @@ def cmd_rm(argv: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_init,
             "sandbox": cmd_sandbox, "testgen": cmd_testgen, "merge": cmd_merge,
-            "shortest-rs": cmd_shortest_rs, "dpo": cmd_dpo, "report": cmd_report, "curate": cmd_curate,
-            "rm": cmd_rm}
+            "shortest-rs": cmd_shortest_rs, "rs-sft": cmd_rs_sft, "dpo": cmd_dpo, "report": cmd_report,
+            "curate": cmd_curate, "rm": cmd_rm}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,9 @@ Four methods, all starting from a long-CoT model (and, for merging, a short-CoT 
   short model). Checkpoints must share architecture, tensor names, shapes and dtypes; the merge
   keeps each tensor's dtype and copies the first checkpoint's config and tokenizer.
 - **Shortest rejection sampling**: sample n = 8 responses per training prompt, keep the shortest
-  correct one, SFT on the kept (prompt, response) rows (`sft.py`, a `jsonl:` source).
+  correct one, SFT on the kept (prompt, response) rows (`sft.py`, a `jsonl:` source). It is one
+  policy (`keep = "shortest"`) of rejection-sampled SFT, whose other policies (`all`, `longest`,
+  `reflection`) make the long-CoT warm-up of SPEC §2 (`longrl rs-sft`).
 - **DPO**: from the same n samples, positive y+ = the shortest correct response; negatives y- =
   every wrong response longer than y+, and every correct response longer than 1.5 × |y+|. Loss,
   with log π summed over response tokens and π_ref the frozen start model:
@@ -204,15 +206,27 @@ def dpo_loss(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, ref_chose
 # ----------------------------------------------------------------------------------------------
 
 
+def with_instruction(prompt: Prompt, instruction: str) -> Prompt:
+    """`prompt` asked with `instruction` before it (in its first user message, for a chat)."""
+    if prompt.messages:
+        messages = [dict(m) for m in prompt.messages]
+        first = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
+        messages[first]["content"] = f"{instruction}\n\n{messages[first]['content']}"
+        return dataclasses.replace(prompt, messages=messages)
+    return dataclasses.replace(prompt, text=f"{instruction}\n\n{prompt.text}")
+
+
 def sample_groups(engine, tokenizer, prompts: Sequence[Prompt], rewards: Rewards,
                   config: L2SSampleConfig) -> list[dict]:
     """`config.n` scored responses per prompt, one JSON-ready row per prompt.
 
-    A row's `prompt` is the prompt's chat messages when it has them, else its text.
+    A row's `prompt` is the prompt's chat messages when it has them, else its text, without
+    `config.instruction` (the samples are asked with it; training rows teach answering without).
     """
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-    trajectories, _ = sample(engine, tokenizer, prompts, config.n, params)
+    asked = [with_instruction(p, config.instruction) for p in prompts] if config.instruction else prompts
+    trajectories, _ = sample(engine, tokenizer, asked, config.n, params)
     score(trajectories, rewards)
     rows = []
     for i, prompt in enumerate(prompts):
@@ -279,14 +293,37 @@ def _evaluate_and_save(model, tokenizer, config, run_dir: Path, extra: dict[str,
 # ----------------------------------------------------------------------------------------------
 
 
-def shortest_rows(groups: list[dict]) -> list[dict]:
-    """One SFT row per prompt that has a correct sample, the shortest: {prompt, response} for a
-    text prompt, {messages} for a chat prompt (the answer appended as the assistant's message)."""
+def kept_samples(responses: Sequence[dict], keep: str, markers: Sequence[str] = ()) -> list[int]:
+    """Indices of the correct responses of one prompt that `keep` selects: `shortest` or `longest`
+    (one; the first on a tie), `all` (each distinct text once), `reflection` (distinct texts that
+    contain one of `markers`, case-insensitive)."""
+    correct = [i for i, r in enumerate(responses) if r["correct"]]
+    if not correct:
+        return []
+    if keep == "shortest":
+        return [min(correct, key=lambda i: responses[i]["tokens"])]
+    if keep == "longest":
+        return [max(correct, key=lambda i: (responses[i]["tokens"], -i))]
+    if keep not in ("all", "reflection"):
+        raise ValueError(f"unknown keep policy {keep!r}: use shortest, longest, all or reflection")
+    seen, out = set(), []
+    for i in correct:
+        text = responses[i]["text"]
+        if text in seen:
+            continue
+        seen.add(text)
+        if keep == "all" or any(m.lower() in text.lower() for m in markers):
+            out.append(i)
+    return out
+
+
+def selected_rows(groups: list[dict], keep: str = "shortest", markers: Sequence[str] = ()) -> list[dict]:
+    """SFT rows of the samples `keep` selects (`kept_samples`): {prompt, response} for a text
+    prompt, {messages} for a chat prompt (the answer appended as the assistant's message)."""
     rows = []
     for g in groups:
-        best = shortest_correct([r["tokens"] for r in g["responses"]], [r["correct"] for r in g["responses"]])
-        if best is not None:
-            chosen, prompt = g["responses"][best], g["prompt"]
+        for index in kept_samples(g["responses"], keep, markers):
+            chosen, prompt = g["responses"][index], g["prompt"]
             if isinstance(prompt, list):
                 row = {"messages": [*prompt, {"role": "assistant", "content": chosen["text"]}]}
             else:
@@ -295,17 +332,23 @@ def shortest_rows(groups: list[dict]) -> list[dict]:
     return rows
 
 
+def shortest_rows(groups: list[dict]) -> list[dict]:
+    """One SFT row per prompt that has a correct sample, the shortest (`selected_rows`)."""
+    return selected_rows(groups, "shortest")
+
+
 def run_shortest_rs(config: ShortestRSConfig, show_progress: bool = True) -> dict[str, float]:
-    """Sample with `model.path`, keep the shortest correct, SFT `model.path` on them; eval metrics."""
+    """Sample with `model.path`, keep the correct samples `config.keep` selects, SFT `model.path`
+    on them (`longrl rs-sft`; `longrl shortest-rs` with keep = shortest); eval metrics."""
     from longrl.sft import run_sft, start_job
 
     run_dir = start_job(config, "shortest_rs.toml")
     model, tokenizer = load_policy(config.model.path, config.model.dtype)
     groups = _groups_for(config, model, tokenizer, run_dir)
-    rows = shortest_rows(groups)
+    rows = selected_rows(groups, config.keep, config.reflection_markers)
     if not rows:
-        raise DataError(f"{config.model.path}: no prompt had a correct sample; nothing to train on")
-    data_file = run_dir / "shortest.jsonl"
+        raise DataError(f"{config.model.path}: no correct sample matched keep = {config.keep!r}; nothing to train on")
+    data_file = run_dir / ("shortest.jsonl" if config.keep == "shortest" else f"kept_{config.keep}.jsonl")
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     del model
     sft = SFTConfig(name=config.name, out_dir=config.out_dir, seed=config.seed, threads=config.threads,

@@ -1,5 +1,6 @@
 """Long2short: merge = hand-averaged tensors, the DPO loss by hand, the k1.5 pair rule, shortest pick."""
 
+import dataclasses
 import json
 import math
 
@@ -18,10 +19,13 @@ from longrl.long2short import (
     MergeError,
     dpo_loss,
     dpo_pairs,
+    kept_samples,
     merge_checkpoints,
     sample_groups,
+    selected_rows,
     shortest_correct,
     shortest_rows,
+    with_instruction,
 )
 from longrl.models import encode_prompt, load_policy
 from longrl.sft import load_sft_rows, text_example
@@ -147,6 +151,55 @@ def test_shortest_rows_keep_one_per_prompt_with_a_correct_sample():
                   {"text": "wrong", "tokens": 2, "correct": False}]},
               {"prompt": "3+4", "responses": [{"text": "x", "tokens": 3, "correct": False}] * 2}]
     assert shortest_rows(groups) == [{"prompt": "1+2", "response": "short", "tokens": 5}]
+
+
+def test_keep_policies_choose_among_the_correct_samples():
+    responses = [{"text": "9+1=10 wait, check: 10\nA: 10", "tokens": 30, "correct": True},
+                 {"text": "A: 10", "tokens": 6, "correct": True},
+                 {"text": "A: 10", "tokens": 6, "correct": True},  # a duplicate text
+                 {"text": "9+1=10\nA: 10", "tokens": 14, "correct": True},
+                 {"text": "A: 11", "tokens": 2, "correct": False}]
+    markers = ["wait", "check"]
+    assert kept_samples(responses, "shortest") == [1]
+    assert kept_samples(responses, "longest") == [0]
+    assert kept_samples(responses, "all") == [0, 1, 3]
+    assert kept_samples(responses, "reflection", markers) == [0]
+    assert kept_samples([{"text": "A: 1", "tokens": 2, "correct": False}], "all") == []
+    with pytest.raises(ValueError, match="unknown keep policy"):
+        kept_samples(responses, "best")
+    rows = selected_rows([{"prompt": [{"role": "user", "content": "9+1"}], "responses": responses}], "reflection",
+                         markers)
+    assert rows == [{"messages": [{"role": "user", "content": "9+1"},
+                                  {"role": "assistant", "content": responses[0]["text"]}], "tokens": 30}]
+
+
+def test_an_instruction_is_asked_but_not_trained_on():
+    tok = build_char_tokenizer()
+    prompt = World(WorldConfig(tasks=["add"], eval_size=1)).eval_prompts()[0]
+    asked = with_instruction(prompt, "Think step by step.")
+    assert asked.text == f"Think step by step.\n\n{prompt.text}" and asked.id == prompt.id
+    chat = dataclasses.replace(prompt, messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "q"}])
+    assert with_instruction(chat, "Think.").messages[1]["content"] == "Think.\n\nq"
+    script = [(prompt.meta["trace"], "stop")] * 2
+    (row,) = sample_groups(_Scripted(tok, script), tok, [prompt], build_rewards(RewardConfig()),
+                           L2SSampleConfig(n=2, instruction="Think step by step."))
+    assert row["prompt"] == prompt.text  # the row keeps the prompt without the instruction
+
+
+def test_rs_sft_trains_on_the_samples_its_policy_keeps(tmp_path, tiny_model_dir):
+    samples = tmp_path / "samples.jsonl"
+    responses = [{"text": t, "token_ids": [1], "tokens": n, "correct": ok}
+                 for t, n, ok in [("1+1=2 check ok\nA: 2", 18, True), ("A: 2", 5, True), ("A: 3", 5, False)]]
+    samples.write_text(json.dumps({"prompt": "1+1", "responses": responses}) + "\n")
+    common = [f"model.path={tiny_model_dir}", f"out_dir={tmp_path}", f"sample.samples_file={samples}", "steps=2",
+              "rows_per_step=1", "row_tokens=64", "eval.num_prompts=2", "eval.n_samples=1", "eval.max_new_tokens=4",
+              "--no-progress"]
+    assert main(["rs-sft", *common, "keep=all"]) == 0
+    kept = [json.loads(line) for line in (tmp_path / "rs_sft" / "kept_all.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in kept] == ["1+1=2 check ok\nA: 2", "A: 2"]
+    assert main(["rs-sft", *common, "keep=reflection", "name=reflect"]) == 0
+    kept = [json.loads(line) for line in (tmp_path / "reflect" / "kept_reflection.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in kept] == ["1+1=2 check ok\nA: 2"]
 
 
 class _Scripted:

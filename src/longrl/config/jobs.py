@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from longrl.config.loader import ConfigError, opt
 from longrl.config.run import DataConfig, EvalConfig, ModelConfig, RewardConfig, TinyModelConfig, WorldConfig
@@ -43,6 +44,8 @@ class L2SSampleConfig:
     batch_size: int = opt(256, "Sequences generated together.")
     samples_file: str = opt("", "Reuse the `samples.jsonl` of an earlier shortest-rs or DPO run "
                             "instead of sampling anew (same model, so the same distribution).")
+    instruction: str = opt("", "Text put before each prompt while sampling (e.g. 'Think step by step, "
+                           "check your work, then answer.'); the SFT rows keep the prompt without it.")
 
     def __post_init__(self) -> None:
         if self.n < 2:
@@ -51,9 +54,18 @@ class L2SSampleConfig:
 
 @dataclass
 class ShortestRSConfig:
-    """Shortest rejection sampling (`longrl shortest-rs`, SPEC §7): SFT on the shortest correct sample."""
+    """Rejection-sampled SFT: sample n per prompt, keep verified-correct samples by `keep`, fine-tune
+    on them (`longrl rs-sft`, the long-CoT warm-up of SPEC §2; `longrl shortest-rs` is keep =
+    shortest, long2short of SPEC §7)."""
 
     name: str = opt("shortest_rs", "Run name: outputs go to `<out_dir>/<name>/`.")
+    keep: Literal["shortest", "longest", "all", "reflection"] = opt(
+        "shortest", "Which correct samples of a prompt to train on: the shortest (long2short), the "
+                    "longest, all of them (duplicates once), or those whose text shows reflection "
+                    "(one of `reflection_markers`).")
+    reflection_markers: list[str] = opt(
+        ["wait", "check", "verify", "let me re", "double-check", "mistake"],
+        "keep = reflection: words (case-insensitive) that mark a response as reflecting on its work.")
     out_dir: str = opt("runs", "Parent directory of run directories.")
     seed: int = opt(0, "Seed for sampling and data order.")
     threads: int = opt(0, "torch intra-op threads (0 = torch default).")
@@ -151,3 +163,14 @@ class JudgeTrainConfig:
     def __post_init__(self) -> None:
         if not 0 < self.eval_fraction < 1:
             raise ConfigError(f"eval_fraction is {self.eval_fraction}: choose a share between 0 and 1")
+
+
+@dataclass
+class RejectionSFTConfig(ShortestRSConfig):
+    """`longrl rs-sft`: the long-CoT warm-up by rejection sampling (SPEC §2)."""
+
+    name: str = opt("rs_sft", "Run name: outputs go to `<out_dir>/<name>/`.")
+    keep: Literal["shortest", "longest", "all", "reflection"] = opt(
+        "all", "Which correct samples of a prompt to train on: the shortest (long2short), the longest, "
+               "all of them (duplicates once), or those whose text shows reflection (one of "
+               "`reflection_markers`).")
