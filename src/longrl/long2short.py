@@ -347,7 +347,10 @@ def run_shortest_rs(config: ShortestRSConfig, show_progress: bool = True) -> dic
     groups = _groups_for(config, model, tokenizer, run_dir)
     rows = selected_rows(groups, config.keep, config.reflection_markers)
     if not rows:
-        raise DataError(f"{config.model.path}: no correct sample matched keep = {config.keep!r}; nothing to train on")
+        if not any(r["correct"] for g in groups for r in g["responses"]):
+            raise DataError(f"{config.model.path}: no prompt had a correct sample; nothing to train on")
+        raise DataError(f"{config.model.path}: no correct sample matched keep = {config.keep!r} "
+                        f"(reflection_markers {config.reflection_markers}); nothing to train on")
     data_file = run_dir / ("shortest.jsonl" if config.keep == "shortest" else f"kept_{config.keep}.jsonl")
     data_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
     del model
