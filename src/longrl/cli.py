@@ -94,7 +94,7 @@ def cmd_eval(argv: list[str]) -> int:
     from longrl.data.sources import load_sources
     from longrl.evaluate import evaluate
     from longrl.models import load_policy
-    from longrl.rewards.registry import build_rewards
+    from longrl.rewards.registry import eval_rewards
     from longrl.rollout.engine import make_engine
 
     parser = _config_parser("longrl eval", RunConfig, "Evaluate a model on `data.eval`, scored by the `reward` "
@@ -106,7 +106,7 @@ def cmd_eval(argv: list[str]) -> int:
     model, tokenizer = load_policy(args.model, config.model.dtype)
     engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
     prompts = load_sources(config.data.eval, config.data.on_error, config.world)
-    metrics = evaluate(engine, tokenizer, prompts, build_rewards(config.reward), config.eval)
+    metrics = evaluate(engine, tokenizer, prompts, eval_rewards(config.reward, config.eval.reward), config.eval)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -230,12 +230,12 @@ def cmd_report(argv: list[str]) -> int:
         checkpoints[name] = directory
     from longrl.data.sources import load_sources
     from longrl.evaluate import token_efficiency
-    from longrl.rewards.registry import build_rewards
+    from longrl.rewards.registry import eval_rewards
 
     path, overrides = _split_config_arg(args)
     config = load_config(RunConfig, path, overrides)
     prompts = load_sources(config.data.eval, config.data.on_error, config.world)
-    rows = token_efficiency(checkpoints, prompts, build_rewards(config.reward), config.eval,
+    rows = token_efficiency(checkpoints, prompts, eval_rewards(config.reward, config.eval.reward), config.eval,
                             seed=config.seed, dtype=config.model.dtype)
     paths = report.write_efficiency_report(rows, args.out)
     print(report.efficiency_table(rows), end="")
@@ -299,10 +299,22 @@ def cmd_rm(argv: list[str]) -> int:
         print(f"judge: {config.out_dir}/{config.name}/final   held-out accuracy {metrics['judge/accuracy']:.3f} "
               f"({metrics['judge/held_out_rows']:.0f} rows)")
         return 0
+    if argv and argv[0] == "label":
+        from longrl.config import RMLabelConfig
+        from longrl.rewards.rm import label_responses
+
+        config, show_progress = _load_job(argv[1:], "longrl rm label", RMLabelConfig,
+                                          "Sample a policy's responses and label them with the `reward` section "
+                                          "(a verifier): the rows `rm train` and `rm train-judge` read.")
+        metrics = label_responses(config, show_progress=show_progress)
+        print(f"labelled: {config.out}   {metrics['label/rows']:.0f} responses to {metrics['label/prompts']:.0f} "
+              f"prompts, {metrics['label/positive']:.1%} correct")
+        return 0
     if not argv or argv[0] != "train":
-        print("usage: longrl rm train CONFIG [k=v ...]         train a classic reward model on labelled responses\n"
+        print("usage: longrl rm label CONFIG [k=v ...]         label a policy's responses with a verifier\n"
+              "       longrl rm train CONFIG [k=v ...]         train a classic reward model on labelled responses\n"
               "       longrl rm train-judge CONFIG [k=v ...]   fine-tune a chain-of-thought judge on them\n"
-              "       longrl rm train|train-judge --help       lists every config field")
+              "       longrl rm label|train|train-judge --help lists every config field")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     config, show_progress = _load_job(argv[1:], "longrl rm train", RMTrainConfig,
                                       "Train a classic reward model (SPEC §6): a scalar head on a causal LM, "

@@ -33,7 +33,7 @@ from longrl.logger import ProgressBar, run_sinks
 from longrl.lora import with_lora
 from longrl.models import encode_prompt, load_policy, load_tokenizer
 from longrl.rewards.length import add_length_reward, length_weight
-from longrl.rewards.registry import build_rewards
+from longrl.rewards.registry import build_rewards, eval_rewards
 from longrl.rewards.score import prefetch, score
 from longrl.rollout.engine import InferenceEngine, make_engine
 from longrl.rollout.partial import partial_rollout, prepare_loss
@@ -87,6 +87,7 @@ class Run:
     sync: WeightSync  # or a `cluster.ClusterSync`: sync(iteration) -> metrics
     iteration: int = 0
     cluster: object | None = None  # the `cluster.Cluster` whose actors this run holds
+    eval_rewards: dict | None = None  # `eval.reward` when set; None: `rewards` score evaluations too
 
 
 def close(run: Run) -> None:
@@ -251,7 +252,9 @@ def iteration(run: Run) -> dict[str, float]:
 
 
 def run_eval(run: Run) -> dict[str, float]:
-    return evaluate(run.engine, run.tokenizer, run.eval_prompts, run.rewards, run.config.eval)
+    if run.eval_rewards is None:
+        run.eval_rewards = eval_rewards(run.config.reward, run.config.eval.reward, run.rewards)
+    return evaluate(run.engine, run.tokenizer, run.eval_prompts, run.eval_rewards, run.config.eval)
 
 
 def train(run: Run, show_progress: bool = True) -> dict[str, float]:

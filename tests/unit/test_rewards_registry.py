@@ -150,3 +150,28 @@ def test_a_missing_extra_says_which_install_fixes_it(monkeypatch, tmp_path):
     with pytest.raises(MissingExtraError, match=r"reward 'fancy' needs 'no_such_dependency_xyz'.*"
                                                 r"pip install 'longrl\[fancy\]'"):
         get_reward("fancy")
+
+
+def test_eval_reward_scores_the_evaluation_alone_and_is_checked_at_load(user_file):
+    config = load_config(RunConfig, None, [f'reward.names=["{user_file}:batched", "world"]',
+                                           "reward.weights=[1.0, 0.0]", "eval.reward=world"])
+    rewards = build_rewards(config.reward)
+    scoring = registry.eval_rewards(config.reward, config.eval.reward, rewards)
+    assert list(scoring) == ["world"] and scoring["world"][1] == 1.0  # the verifier alone, weight 1
+    assert registry.eval_rewards(config.reward, "", rewards) is rewards  # unset: the run's own rewards
+    with pytest.raises(ConfigError, match=r"eval.reward.*unknown reward 'wrold': did you mean 'world'"):
+        load_config(RunConfig, None, ["eval.reward=wrold"])
+
+
+def test_each_part_of_several_rewards_is_logged_beside_the_total():
+    from longrl.rewards.score import score
+    from longrl.types import Trajectory
+
+    prompts = [Prompt(id=str(i), text="q", answer="1") for i in range(4)]
+    trajectories = [Trajectory(prompt=p, sample_index=0, prompt_ids=[1], text=text)
+                    for p, text in zip(prompts, ["1", "1", "2", "boom"])]
+    metrics = score(trajectories, {"exact": (exact, 0.0), "half": (picky, 1.0)})
+    assert metrics["reward/exact/mean"] == 0.5  # watched with weight 0: logged, not in the total
+    assert metrics["reward/half/mean"] == pytest.approx(3 * 0.5 / 4)  # 'boom' raised: a recorded zero
+    assert metrics["reward/mean"] == pytest.approx(3 * 0.5 / 4)
+    assert "reward/exact/mean" not in score(trajectories, {"exact": (exact, 1.0)})

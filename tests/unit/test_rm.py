@@ -75,3 +75,22 @@ def test_bad_rows_and_missing_model_are_clear_errors(tmp_path, tiny_model_dir, c
     assert "bad.jsonl, line 2: field 'label' must be 0 or 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"\[reward.rm\] model = DIR"):
         rm_reward()
+
+
+def test_rm_label_writes_verifier_labelled_rows_that_rm_train_reads(tmp_path, tiny_model_dir, capsys):
+    from longrl.rewards.rm import read_labelled
+
+    out = tmp_path / "labelled.jsonl"
+    args = ["rm", "label", f"model.path={tiny_model_dir}", f"out={out}", "sample.num_prompts=6", "sample.n=3",
+            "sample.max_new_tokens=12", "world.tasks=['add']", "world.min_level=1", "world.max_level=1"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "18 responses to 6 prompts" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 18 and {r["label"] for r in rows} <= {0, 1}
+    for row in rows:  # the label is the world verifier's: a stopped response whose last line is A: <answer>
+        right = row["finish_reason"] == "stop" and row["response"].strip().endswith(f"A: {row['reference']}")
+        assert row["label"] == int(right), row
+    assert len(read_labelled(out)) == 18
+    assert main([*args, "split=eval", "--no-progress"]) == 0  # held-out prompts: a different set
+    held = {json.loads(line)["prompt"] for line in out.read_text().splitlines()}
+    assert held and held.isdisjoint({r["prompt"] for r in rows})

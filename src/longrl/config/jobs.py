@@ -139,6 +139,22 @@ class RMTrainConfig:
 
 
 @dataclass
+class RMLabelConfig:
+    """Responses of a policy labelled by a verifier: the rows `longrl rm train` and
+    `longrl rm train-judge` read (`longrl rm label`)."""
+
+    out: str = opt("labelled.jsonl", "JSONL to write: one {prompt, reference, response, label} row per response.")
+    split: Literal["train", "eval"] = opt("train", "Prompts to sample: those of `data.train` or of `data.eval`.")
+    seed: int = opt(0, "Seed for the choice of prompts and for sampling.")
+    threads: int = opt(0, "torch intra-op threads (0 = torch default).")
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy whose responses are labelled
+    world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # the verifier: label 1 when it gives 1.0
+    sample: L2SSampleConfig = field(default_factory=L2SSampleConfig)
+
+
+@dataclass
 class JudgeTrainConfig:
     """A chain-of-thought judge fine-tuned on verdict traces of labelled responses
     (`longrl rm train-judge`, SPEC §6; the traces and their SFT in rewards/judge.py)."""

@@ -221,6 +221,9 @@ class EvalConfig:
     top_p: float = opt(1.0, "Nucleus sampling threshold for evaluation.")
     max_new_tokens: int = opt(128, "Longest evaluated response.")
     pass_k: list[int] = opt([1], "k values of the unbiased pass@k estimate to report.")
+    reward: str = opt("", "The reward that decides correctness in evaluation ('' = the run's `reward.names` "
+                      "with their weights), e.g. 'world' to measure the true verifier while training on a "
+                      "reward model. Built with its `[reward.<name>]` options when it is also in reward.names.")
 
 
 @dataclass
@@ -436,6 +439,11 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
+        if self.eval.reward:
+            from longrl.rewards.registry import check_reward
+
+            check_reward(self.eval.reward, self.reward.options.get(self.eval.reward, {}),
+                         lambda key: f"eval.reward ({key})")
         if self.model.lora_rank and self.cluster.enabled:
             raise ConfigError("model.lora_rank with cluster.enabled: LoRA runs in one process for now "
                               "(the FSDP2 trainer group trains all weights); set one of them off")

@@ -209,3 +209,12 @@ def build_rewards(config) -> dict[str, tuple[Reward, float]]:
     """name -> (reward, weight) of a `RewardConfig`, each built with its `[reward.<name>]` options."""
     return {name: (get_reward(name, **config.options.get(name, {})), weight)
             for name, weight in zip(config.names, config.weights)}
+
+
+def eval_rewards(reward_config, name: str, rewards: dict[str, tuple[Reward, float]] | None = None
+                 ) -> dict[str, tuple[Reward, float]]:
+    """The rewards that score an evaluation: reward `name` alone (weight 1, with its `[reward.<name>]`
+    options), or, with no name, `rewards` (the run's, already built) or a fresh `build_rewards`."""
+    if name:
+        return {name: (get_reward(name, **reward_config.options.get(name, {})), 1.0)}
+    return rewards if rewards is not None else build_rewards(reward_config)

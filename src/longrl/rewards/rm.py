@@ -162,6 +162,43 @@ def read_labelled(path: str | Path) -> list[LabelledResponse]:
     return rows
 
 
+def label_responses(config, show_progress: bool = True) -> dict[str, float]:
+    """`longrl rm label` (an `RMLabelConfig`): sample `sample.n` responses of the policy to each of
+    `sample.num_prompts` prompts of the chosen split, label each by the `reward` section (1 when the
+    response stopped by itself with reward 1.0), and write them as rows `longrl rm train` reads."""
+    from longrl.data.sources import load_sources
+    from longrl.long2short import sample_groups
+    from longrl.models import load_policy
+    from longrl.rewards.registry import build_rewards
+    from longrl.rollout.engine import HFEngine
+
+    from longrl.errors import ConfigError
+
+    if config.sample.samples_file:
+        raise ConfigError("rm label samples anew: sample.samples_file is for shortest-rs and dpo; leave it ''")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    sources = config.data.train if config.split == "train" else config.data.eval
+    pool = load_sources(sources, config.data.on_error, config.world)
+    prompts = random.Random(config.seed).sample(pool, min(config.sample.num_prompts, len(pool)))
+    model, tokenizer = load_policy(config.model.path, config.model.dtype)
+    engine = HFEngine(model, tokenizer, batch_size=config.sample.batch_size, seed=config.seed)
+    groups = sample_groups(engine, tokenizer, prompts, build_rewards(config.reward), config.sample)
+    out = Path(config.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    labels = []
+    with out.open("w") as f:
+        for prompt, group in zip(prompts, groups):
+            for r in group["responses"]:
+                labels.append(int(r["correct"]))
+                f.write(json.dumps({"prompt": prompt.text, "reference": prompt.answer, "response": r["text"],
+                                    "label": labels[-1], "finish_reason": r["finish_reason"],
+                                    "tokens": r["tokens"]}) + "\n")
+    return {"label/prompts": float(len(prompts)), "label/rows": float(len(labels)),
+            "label/positive": sum(labels) / max(len(labels), 1)}
+
+
 def split_labelled(config) -> tuple[list[LabelledResponse], list[LabelledResponse]]:
     """(training rows, held-out rows) of a job with `data`, `eval_data`, `eval_fraction`, `seed`:
     `eval_data` when given, else a seeded `eval_fraction` of `data`."""

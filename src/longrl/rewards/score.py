@@ -69,7 +69,11 @@ def score(trajectories: Sequence[Trajectory], rewards: Rewards) -> dict[str, flo
     groups: dict[str, list[float]] = {}
     for t in trajectories:
         groups.setdefault(t.group_key, []).append(t.reward)
-    return {
+    parts = {}
+    if len(rewards) > 1:  # each part's mean, e.g. a weight-0 verifier watched beside a reward model
+        parts = {f"reward/{name}/mean": sum(t.reward_info.get(name, 0.0) for t in trajectories) / n
+                 for name in rewards}
+    return parts | {
         "reward/mean": sum(values) / n,
         "reward/accuracy": sum(v >= 1.0 for v in values) / n,
         "reward/errors": float(sum(any(k.endswith("/error") for k in t.reward_info) for t in trajectories)),
