@@ -1,5 +1,7 @@
 """Config loading is strict: unknown keys, wrong types and bad files name the place and the fix."""
 
+from pathlib import Path
+
 import pytest
 
 from longrl.cli import main
@@ -109,3 +111,22 @@ def test_an_unknown_world_task_is_caught_when_the_config_loads(tmp_path):
         load_config(RunConfig, path)
     with pytest.raises(ConfigError, match=r"need 1 <= min_level <= max_level, got 3 and 2"):
         load_config(RunConfig, None, ["world.min_level=3", "world.max_level=2"])
+
+
+SHIPPED = {  # every file in configs/ and the job that reads it
+    "ablation_sampler": "RunConfig", "ablation_sampler_sft": "SFTConfig", "curate_champ": "CurateConfig",
+    "curate_gym": "CurateConfig", "curate_world": "CurateConfig", "default": "RunConfig",
+    "long2short_dpo": "DPOConfig", "long2short_rl": "RunConfig", "long2short_short": "SFTConfig",
+    "long2short_shortest_rs": "ShortestRSConfig", "long_rl": "RunConfig", "long_sft": "SFTConfig",
+    "partial": "RunConfig", "rl_verbose": "RunConfig", "rm_label": "RMLabelConfig", "sft": "SFTConfig",
+    "sft_verbose": "SFTConfig", "smollm2_math": "RunConfig",
+}
+
+
+def test_every_shipped_config_loads_as_its_job():
+    import longrl.config as configs
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    assert {p.stem for p in root.glob("*.toml")} == set(SHIPPED)
+    for stem, cls in SHIPPED.items():
+        load_config(getattr(configs, cls), root / f"{stem}.toml")
