@@ -19,6 +19,8 @@ fine-tuning only).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 ADAPTER = "default"  # peft's adapter name
@@ -55,20 +57,24 @@ def lora_scale(model: torch.nn.Module) -> float | None:
     return getattr(model, "lora_scale", None)
 
 
-def merged_state_dict(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
-    """The plain model's state dict from one with adapters (module docstring); tensors of
-    modules without adapters pass through as they are."""
-    out = {}
+def merged_items(state: dict[str, torch.Tensor], scale: float) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the plain model from a state dict with adapters (module docstring), one
+    merged tensor at a time, so a weight sync holds one extra tensor rather than a second model;
+    tensors of modules without adapters pass through as they are."""
     for name, tensor in state.items():
         if ".lora_A." in name or ".lora_B." in name:
             continue
         if ".base_layer." not in name:
-            out[name] = tensor
+            yield name, tensor
             continue
         prefix, _, leaf = name.partition(".base_layer.")
         if leaf == "weight":
             a = state[f"{prefix}.lora_A.{ADAPTER}.weight"]  # [r, in]
             b = state[f"{prefix}.lora_B.{ADAPTER}.weight"]  # [out, r]
             tensor = tensor + scale * (b.to(tensor.dtype) @ a.to(tensor.dtype))
-        out[f"{prefix}.{leaf}"] = tensor
-    return out
+        yield f"{prefix}.{leaf}", tensor
+
+
+def merged_state_dict(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """The plain model's state dict from one with adapters (`merged_items`, all at once)."""
+    return dict(merged_items(state, scale))

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from longrl.lora import lora_scale, merged_state_dict
+from longrl.lora import lora_scale, merged_items
 from longrl.models import encode_prompt, token_logprobs
 
 PROBE_QUESTION = "Probe: what is 12+34? Show the steps."
@@ -63,7 +63,7 @@ def sync_weights(model: torch.nn.Module, engine) -> dict[str, float]:
         if scale is None:
             engine.load_weights((name, p.detach()) for name, p in model.named_parameters())
         else:  # adapters merged: the engine holds a plain model (lora.py)
-            engine.load_weights(merged_state_dict({n: p.detach() for n, p in model.named_parameters()}, scale).items())
+            engine.load_weights(merged_items({n: p.detach() for n, p in model.named_parameters()}, scale))
     return {"perf/weight_sync_s": time.perf_counter() - start}
 
 
