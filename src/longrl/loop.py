@@ -274,15 +274,19 @@ def train(run: Run, show_progress: bool = True) -> dict[str, float]:
             summary["start/pass@1"] = first["eval/pass@1"]
             for sink in sinks:
                 sink.log(0, first)
+        spent = 0.0  # seconds of iterations in this process, for `max_train_s`
         while run.iteration < c.iterations:
             metrics = iteration(run)
-            last = run.iteration == c.iterations
+            spent += metrics["perf/iteration_s"]
+            last = run.iteration == c.iterations or (c.max_train_s > 0 and spent >= c.max_train_s)
             if last or (c.eval.every and run.iteration % c.eval.every == 0):
                 metrics |= run_eval(run)
             for sink in (*sinks, progress):
                 sink.log(run.iteration, metrics)
             if last or (c.checkpoint_every and run.iteration % c.checkpoint_every == 0):
                 save_checkpoint(run)
+            if last:
+                break
         if "eval/pass@1" in metrics:
             summary["end/pass@1"] = metrics["eval/pass@1"]
     finally:

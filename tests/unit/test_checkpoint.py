@@ -126,3 +126,19 @@ def test_a_run_stops_on_a_full_disk_with_one_line_naming_the_checkpoint(tmp_path
     monkeypatch.setattr(torch, "save", real_save)
     assert main(["train", "--resume", str(tmp_path / "rl"), "--no-progress"]) == 0  # room again: it resumes
     assert checkpoint.latest(tmp_path / "rl" / "checkpoints") == tmp_path / "rl" / "checkpoints" / "2"
+
+
+def test_max_train_s_stops_the_run_like_its_last_iteration(tmp_path, tiny_model_dir):
+    from longrl.cli import main
+
+    args = ["train", f"out_dir={tmp_path}", "name=rl", f"model.path={tiny_model_dir}", "--no-progress",
+            "iterations=1000", "max_train_s=1e-6", "eval.every=0", "world.train_size=8", "world.eval_size=2",
+            "rollout.prompts_per_iter=2", "rollout.samples_per_prompt=2", "rollout.max_new_tokens=4",
+            "train.mini_batch_size=4", "train.row_tokens=64", "eval.num_prompts=2", "eval.n_samples=1",
+            "eval.max_new_tokens=2"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]  # the start evaluation, then one iteration
+    assert "eval/pass@1" in rows[-1]  # evaluated at the stop, as after a last iteration
+    assert checkpoint.latest(tmp_path / "rl" / "checkpoints") == tmp_path / "rl" / "checkpoints" / "1"
+    assert (tmp_path / "rl" / "final" / "config.json").exists()

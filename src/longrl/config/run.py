@@ -419,6 +419,9 @@ class RunConfig:
     name: str = opt("rl", "Run name: outputs go to `<out_dir>/<name>/`.")
     out_dir: str = opt("runs", "Parent directory of run directories.")
     iterations: int = opt(40, "RL iterations (rollout phase + training phase each).")
+    max_train_s: float = opt(0.0, "Also stop once the iterations run by this process took this many seconds "
+                             "(rollout, training and sync; not evaluation or checkpoints), evaluating and "
+                             "saving there as after the last iteration; 0 = no time limit.")
     seed: int = opt(0, "Seed for sampling, data order and initialisation.")
     threads: int = opt(0, "torch intra-op threads (0 = torch default).")
     checkpoint_every: int = opt(0, "Save a resumable checkpoint every N iterations (0 = at end).")
