@@ -470,7 +470,7 @@ class Trainer:
                               for i in chosen)
         metrics.update({k: v / max(steps, 1) for k, v in sums.items() if k != "train/logprob_gap_max"})
         elapsed = self._reduce_max({"s": time.perf_counter() - start})["s"]  # the slowest rank's
-        trainable = sum(p.numel() for group in self.optimizer.param_groups for p in group["params"])
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         metrics.update({"train/steps": steps, "train/trainable_params": float(trainable), "perf/train_s": elapsed,
                         "perf/train_tokens_per_s": tokens / max(elapsed, 1e-9)})
         return metrics
