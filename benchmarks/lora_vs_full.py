@@ -19,7 +19,7 @@ depend on the machine and its load.
 With the preset's settings, activations dominate the peak: the optimizer is reset every
 iteration, so AdamW's state exists only during `step()`, after the activations are freed, and the
 full arm's peak is activations plus gradients. `--set train.gradient_checkpointing=true` (and
-`train.reset_optimizer=false`, which keeps AdamW's state) shows the weights' share.
+`train.optimizer_reset=none`, which keeps AdamW's state) shows the weights' share.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -121,6 +122,7 @@ def trl_arm(args) -> None:
 
 def longrl_arm(seed: int, args, model: str, out: Path) -> dict:
     name = f"longrl_s{seed}"
+    shutil.rmtree(out / name, ignore_errors=True)  # a fresh run, not the remains of an earlier one
     iterations = int(args.budget / 0.5)  # more than the budget allows; the loop stops at the budget
     command = [sys.executable, "-m", "longrl.cli", "train", str(ROOT / "configs/default.toml"), f"model.path={model}",
                f"out_dir={out}", f"name={name}", f"seed={seed}", f"iterations={iterations}",

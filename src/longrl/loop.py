@@ -143,7 +143,7 @@ def setup_on_cluster(config: RunConfig, model_path: str, run_dir: Path) -> Run:
 
 
 def load_optimizer(trainer, checkpoint: Path, saved) -> None:
-    """Restore what `save_checkpoint` recorded of the optimizer (nothing with `reset_optimizer`)."""
+    """Restore what `save_checkpoint` recorded of the optimizer (nothing with `optimizer_reset = "all"`)."""
     if saved == "state/":
         trainer.load_state(checkpoint / "state")
     elif saved is not None:  # a checkpoint from before `Trainer.save_state`: the state dict itself
@@ -157,7 +157,7 @@ def save_checkpoint(run: Run) -> Path:
         # through the trainer, which gathers a sharded model (a trainer group, FSDP2) before writing
         run.trainer.save_pretrained(path, run.tokenizer)
         optimizer = None
-        if not run.config.train.reset_optimizer:  # model and optimizer, sharded, in path/state
+        if run.config.train.optimizer_reset != "all":  # model and optimizer, sharded, in path/state
             run.trainer.save_state(path / "state")
             optimizer = "state/"
         # the HF engine samples from its own torch generator, and so does vLLM with

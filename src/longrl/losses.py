@@ -60,9 +60,13 @@ def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float,
 
 
 def opmd_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float,
-                    baseline: Literal["mean", "logmeanexp"] = "mean") -> tuple[torch.Tensor, dict]:
-    """a_j = r_j − τ log Z: [N] rewards, [N] group index -> [N] advantages."""
+                    baseline: Literal["mean", "logmeanexp"] = "mean", scale: bool = False) -> tuple[torch.Tensor, dict]:
+    """a_j = r_j − τ log Z: [N] rewards, [N] group index -> [N] advantages; with `scale`, divided
+    by the group's reward std as GRPO does (0 for a group of equal rewards; a deviation)."""
     advantages = rewards - group_baseline(rewards, group_ids, tau, baseline)
+    if scale:
+        std = _group_std(rewards, group_ids)
+        advantages = torch.where(std > 0, advantages / (std + 1e-4), torch.zeros_like(advantages))
     metrics = {"loss/advantage_abs_mean": advantages.abs().mean().item() if len(advantages) else 0.0}
     return advantages, metrics
 
@@ -115,17 +119,23 @@ def _per_sequence_mean(per_token: torch.Tensor, seq: torch.Tensor, n: int) -> tu
     return sums / counts.clamp(min=1), counts > 0
 
 
+def _group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """The unbiased std of each sequence's group of rewards: [N] -> [N] (0 for a group of one)."""
+    centred = rewards - group_baseline(rewards, group_ids, tau=1.0, kind="mean")
+    num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 0
+    zeros = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device)
+    counts = zeros.index_add(0, group_ids, torch.ones_like(rewards))
+    var = zeros.index_add(0, group_ids, centred**2) / (counts - 1).clamp(min=1)
+    return var.sqrt()[group_ids]
+
+
 def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: bool = True,
                     eps: float = 1e-4) -> tuple[torch.Tensor, dict]:
     """a_j = (r_j − mean r) / (std r + eps) over each group (unbiased std; 0 for a group of one or
     of equal rewards)."""
     centred = rewards - group_baseline(rewards, group_ids, tau=1.0, kind="mean")  # [N]
     if scale:
-        num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 0
-        zeros = torch.zeros(num_groups, dtype=rewards.dtype, device=rewards.device)
-        counts = zeros.index_add(0, group_ids, torch.ones_like(rewards))
-        var = zeros.index_add(0, group_ids, centred**2) / (counts - 1).clamp(min=1)
-        std = var.sqrt()[group_ids]
+        std = _group_std(rewards, group_ids)
         centred = torch.where(std > 0, centred / (std + eps), torch.zeros_like(centred))  # all equal: 0
     return centred, {"loss/advantage_abs_mean": centred.abs().mean().item() if len(centred) else 0.0}
 
@@ -177,7 +187,7 @@ def rest_loss(logprobs: torch.Tensor, loss_mask: torch.Tensor, seq_ids: torch.Te
 def advantages_for(config, rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The per-sequence [N] input of `loss_for` under `config.kind` (a `LossConfig`)."""
     if config.kind == "opmd":
-        return opmd_advantages(rewards, group_ids, config.tau, config.baseline)
+        return opmd_advantages(rewards, group_ids, config.tau, config.baseline, config.opmd_scale)
     if config.kind == "grpo":
         return grpo_advantages(rewards, group_ids, config.grpo_scale)
     if config.kind == "rest":

@@ -2,7 +2,12 @@
 
 Per iteration, over the scored trajectories of the rollout phase:
 1. advantages a_j = r_j − τ log Z are computed once per group of k samples (`losses.py`);
-2. the optimizer is reset (the reference policy π_θi just changed, SPEC §3);
+2. the optimizer is reset (the reference policy π_θi just changed, SPEC §3): `optimizer_reset`
+   `all` builds a new AdamW; `first_moment` zeroes its momentum only, keeping the second moment
+   and the step count (a deviation: Adam's first step from a fresh state moves every parameter
+   by about ±lr whatever its gradient, while with the old second moment and no momentum the
+   first step is (1 − β1) of the usual size and the next ones grow back, a warm-up inside each
+   iteration); `none` keeps the whole state (one optimizer for the run);
 3. for `epochs` passes, the sequences are shuffled and split into mini-batches of
    `mini_batch_size`; each mini-batch is packed into rows of `row_tokens` tokens and takes one
    optimizer step. Rows are processed in micro-batches (gradient accumulation) to bound memory:
@@ -441,8 +446,11 @@ class Trainer:
         """
         start = time.perf_counter()
         c = self.config
-        if c.reset_optimizer:
+        if c.optimizer_reset == "all":
             self.optimizer = self._new_optimizer()
+        elif c.optimizer_reset == "first_moment":
+            for state in self.optimizer.state.values():
+                state["exp_avg"].zero_()
         metrics: dict[str, float] = {}
         if c.recompute_old_logprobs:
             metrics["train/old_logprob_max_diff"] = self.recompute_logprobs(trajectories)
@@ -513,12 +521,12 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
         state = {"model": get_model_state_dict(self.model)}
-        if not self.config.reset_optimizer:
+        if self.config.optimizer_reset != "all":
             state["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer)
         return state
 
     def save_state(self, path) -> None:
-        """Save a resumable checkpoint of the model and, unless `reset_optimizer`, the optimizer to
+        """Save a resumable checkpoint of the model and, unless `optimizer_reset = "all"`, the optimizer to
         directory `path` (torch.distributed.checkpoint: each rank writes its shards). Every rank
         calls it with the same path, on a filesystem they share."""
         import torch.distributed.checkpoint as dcp

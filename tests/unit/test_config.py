@@ -48,7 +48,8 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
 
 @pytest.mark.parametrize("override, fragment", [
     ("loss.level=word", "must be one of 'sequence' | 'token'"),
-    ("train.reset_optimizer=1", "must be true or false"),
+    ("train.optimizer_reset=some", "must be one of 'all' | 'first_moment' | 'none'"),
+    ("train.gradient_checkpointing=1", "must be true or false"),
     ("iterations=2.5", "must be int"),
     ("rollout.temprature=0.5", "did you mean 'rollout.temperature'"),
     ("world.tasks=add", "must be a list"),

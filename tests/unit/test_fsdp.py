@@ -24,13 +24,13 @@ TIMEOUT_S = 240
 
 # A: one step, gradients kept (no clipping, no step); micro-batches of one row: 3 on rank 0, 4 on
 # rank 1, so rank 0 runs one empty micro-batch
-GRADS = TrainConfig(mini_batch_size=8, row_tokens=12, micro_batch_rows=1, grad_clip=0.0, reset_optimizer=False)
+GRADS = TrainConfig(mini_batch_size=8, row_tokens=12, micro_batch_rows=1, grad_clip=0.0, optimizer_reset="none")
 # B: mini-batches of 7 and 1 sequences (rank 1 gets none in the second), weights, recomputed π_θi
 METRICS = TrainConfig(lr=1e-2, mini_batch_size=7, row_tokens=12, micro_batch_rows=1, recompute_old_logprobs=True)
 # C: one step per iteration with the optimizer kept, for the checkpoint round trip. AdamW's first
 # step is lr·g/(|g| + 1e-8): for a weight whose gradient is near 0 it magnifies the summation-order
 # noise of the gradient by up to lr/1e-8; at lr = 1e-2 a few weights of 10^4 moved 4e-6 apart
-STATE = TrainConfig(lr=1e-3, mini_batch_size=8, row_tokens=16, micro_batch_rows=2, reset_optimizer=False)
+STATE = TrainConfig(lr=1e-3, mini_batch_size=8, row_tokens=16, micro_batch_rows=2, optimizer_reset="none")
 # D: B with activation checkpointing and FSDP2's CPU offload (a plain CPU copy on a CPU mesh)
 CHECKPOINTED = dataclasses.replace(METRICS, gradient_checkpointing=True)
 LOSS = LossConfig(tau=0.1, level="token")

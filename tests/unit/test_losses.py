@@ -107,6 +107,15 @@ def test_grpo_advantages_by_hand():
     torch.testing.assert_close(unscaled, torch.tensor([0.5, -0.5, 1 / 3, 1 / 3, -2 / 3, 0.0]), rtol=0, atol=1e-7)
 
 
+def test_opmd_scaled_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    adv, _ = opmd_advantages(rewards, groups, tau=0.1, scale=True)
+    # group 0: mean 1/4, unbiased std sqrt(1/4) = 1/2 -> (3/4) / (1/2), (-1/4) / (1/2); group 1 all equal: 0
+    s = 0.5 + 1e-4
+    torch.testing.assert_close(adv, torch.tensor([0.75 / s, -0.25 / s, -0.25 / s, -0.25 / s, 0.0, 0.0]), rtol=0, atol=1e-6)
+
+
 def test_grpo_loss_and_gradient_by_hand():
     logp, old, mask, seq = _batch()
     # seq 0 (a = +1): ratios e^0.5 = 1.65 (clipped to 1.2: the minimum takes 1.2) and 1 -> -1.2, -1,

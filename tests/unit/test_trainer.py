@@ -118,6 +118,24 @@ def test_optimizer_is_reset_every_iteration(tiny_model_dir):
     assert float(step) == 1.0  # one step since the reset, not two
 
 
+@pytest.mark.parametrize("reset", ["first_moment", "none"])
+def test_optimizer_kept_or_momentum_cleared_between_iterations(tiny_model_dir, reset):
+    trainer = Trainer(load_model(tiny_model_dir), TrainConfig(mini_batch_size=16, grad_clip=0.0, optimizer_reset=reset),
+                      LossConfig(), pad_id=0)
+    trainer.train_iteration(_trajectories())
+    optimizer = trainer.optimizer
+    param, state = next((p, s) for p, s in optimizer.state.items() if s["exp_avg"].abs().sum() > 0)
+    m, v = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
+    grads = []  # the gradient of the next iteration's first (only) step
+    param.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad.clone()))
+    trainer.train_iteration(_trajectories())
+    assert trainer.optimizer is optimizer and float(state["step"]) == 2.0
+    beta1, beta2 = TrainConfig().betas
+    kept_m = 0.0 if reset == "first_moment" else beta1 * m
+    torch.testing.assert_close(state["exp_avg"], kept_m + (1 - beta1) * grads[0])
+    torch.testing.assert_close(state["exp_avg_sq"], beta2 * v + (1 - beta2) * grads[0] ** 2)
+
+
 def test_micro_batches_by_token_budget_by_hand():
     # rows of 5, 3, 4, 2 tokens, budget 8: [5] (2 x 5 = 10 > 8), [3, 4] (2 x 4 = 8), [2]? no:
     # 3 x 4 = 12 > 8, so [2] alone

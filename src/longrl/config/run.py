@@ -169,6 +169,8 @@ class LossConfig:
                  "log-ratios averaged over response tokens (ours).")
     baseline: Literal["mean", "logmeanexp"] = opt(
         "mean", "Estimate of τ log Z: mean reward of the k samples (paper) or τ log mean exp(r/τ).")
+    opmd_scale: bool = opt(False, "opmd: divide a_j = r_j − r̄ by the group's reward std, as GRPO does "
+                                  "(a deviation from SPEC §3).")
     clip_low: float = opt(0.2, "grpo: the ratio is clipped below at 1 - clip_low.")
     clip_high: float = opt(0.2, "grpo: the ratio is clipped above at 1 + clip_high (DAPO raises it, e.g. 0.28).")
     grpo_scale: bool = opt(True, "grpo: divide the group-centred reward by the group's std (false: Dr. GRPO).")
@@ -206,7 +208,11 @@ class TrainConfig:
         1024, "Tokens per chunk through the LM head when computing log-probs (longrl.logprobs): "
               "the largest logits tensor is chunk x vocabulary float32 (1024 x 152k = 0.6 GB). "
               "0 = the plain path through the full [B, T, V] logits.")
-    reset_optimizer: bool = opt(True, "Reset AdamW state every iteration (SPEC §3).")
+    optimizer_reset: Literal["all", "first_moment", "none"] = opt(
+        "all", "What of AdamW's state is cleared at the start of every iteration: `all` (SPEC §3: the "
+               "reference policy changed), `first_moment` (the momentum only; the second moment and step "
+               "count are kept, so the first steps of an iteration are small, a warm-up), `none` (one "
+               "optimizer for the whole run, as TRL and verl).")
     recompute_old_logprobs: bool = opt(
         False, "Recompute π_θi log-probs with the trainer before the first step instead of "
                "using the engine's; the gap is logged as train/old_logprob_max_diff either way.")
