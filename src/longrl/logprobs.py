@@ -137,6 +137,17 @@ def supports_chunked(model) -> bool:
     return model.get_decoder() is not model
 
 
+def text_positions(model, position_ids: torch.Tensor) -> torch.Tensor:
+    """`position_ids` [B, T] as the model takes them: as they are, or, for a model with 3-D rotary
+    positions (Qwen2-VL's M-RoPE, `longrl.vision`), [4, B, T]: the text index, which transformers
+    reads packed sequences from, then the same index on the three M-RoPE axes (text tokens have
+    no image before them to shift them). Given [B, T] such a model would see no packing."""
+    rope = getattr(model.config.get_text_config(decoder=True), "rope_parameters", None) or {}
+    if position_ids.ndim == 2 and "mrope_section" in rope:
+        return position_ids[None].expand(4, -1, -1)  # [4, B, T]
+    return position_ids
+
+
 def backbone_hidden(model, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
     """Final hidden states [B, T, H] of the decoder for packed rows [B, T].
 
@@ -149,7 +160,8 @@ def backbone_hidden(model, input_ids: torch.Tensor, position_ids: torch.Tensor) 
     B, T = input_ids.shape
     if B > 1 and model.config._attn_implementation.startswith("flash"):
         input_ids, position_ids = input_ids.reshape(1, B * T), position_ids.reshape(1, B * T)
-    out = model.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    out = model.get_decoder()(input_ids=input_ids, position_ids=text_positions(model, position_ids),
+                              use_cache=False)
     return out.last_hidden_state.reshape(B, T, -1)  # [B, T, H]
 
 

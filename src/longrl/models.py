@@ -41,10 +41,16 @@ def load_tokenizer(path: str | Path):
 
 
 def load_model(path: str | Path, dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM
+    """The model of a directory: a causal LM, or a vision-language model (one whose config has a
+    vision tower, e.g. Qwen2-VL) as its conditional-generation class (`longrl.vision`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    model = AutoModelForCausalLM.from_pretrained(check_model_dir(path), dtype=DTYPES[dtype])
-    return model
+    from longrl.vision import is_vision_model
+
+    path = check_model_dir(path)
+    config = AutoConfig.from_pretrained(path)
+    auto = AutoModelForImageTextToText if is_vision_model(config) else AutoModelForCausalLM
+    return auto.from_pretrained(path, config=config, dtype=DTYPES[dtype])
 
 
 def load_policy(path: str | Path, dtype: str = "float32"):
@@ -65,6 +71,9 @@ def encode_prompt(tokenizer, prompt: str | list[dict] | Prompt) -> list[int]:
     plain text: the message contents joined by blank lines.
     """
     if isinstance(prompt, Prompt):
+        if prompt.images:
+            raise ModelError(f"prompt {prompt.id!r} has images: encode it with longrl.vision.encode_vision_prompt "
+                             "(a text tokenizer would drop them)")
         prompt = prompt.messages or prompt.text
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     if tokenizer.chat_template:
@@ -84,11 +93,11 @@ def token_logprobs(model, input_ids: torch.Tensor, position_ids: torch.Tensor,
     tensor is made in forward or backward. `chunk_tokens = 0`, or a model whose logits are not
     a plain linear head on its decoder, takes the plain path through the full logits.
     """
-    from longrl.logprobs import policy_logprobs, supports_chunked
+    from longrl.logprobs import policy_logprobs, supports_chunked, text_positions
 
     if chunk_tokens > 0 and supports_chunked(model):
         return policy_logprobs(model, input_ids, position_ids, temperature, chunk_tokens)[0]
-    logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits
+    logits = model(input_ids=input_ids, position_ids=text_positions(model, position_ids), use_cache=False).logits
     logits = logits[:, :-1].float() / max(temperature, 1e-6)  # [B, T-1, V]
     targets = input_ids[:, 1:].unsqueeze(-1)  # [B, T-1, 1]
     picked = logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)  # [B, T-1]

@@ -32,7 +32,11 @@ class Prompt:
     meta: dict[str, Any] = field(default_factory=dict)
     # chat messages [{role, content}] when the prompt is a conversation (e.g. with a system
     # message); `text` is then its last user message, kept for logs
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None  # content: a str, or a list of text/image parts
+    # images the question refers to, in order (vision-language prompts): file paths, raw bytes,
+    # `{"bytes"|"path": ...}` cells of a `datasets` Image feature, or PIL images; opened by
+    # `longrl.data.images.load_image`
+    images: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -53,12 +57,16 @@ class GenerationRequest:
     `prefix_ids` are response tokens sampled earlier (a partial rollout being continued); they
     condition the generation but are not returned. `max_new_tokens`, when set, caps this request
     below `SamplingParams.max_new_tokens` (a per-iteration token budget); hitting it gives finish
-    reason `budget` instead of `length`.
+    reason `budget` instead of `length`. `mm` holds the image inputs of a prompt with images
+    (`longrl.vision.encode_vision_prompt`), whose placeholder tokens are in `prompt_ids`.
     """
 
     prompt_ids: list[int]
     prefix_ids: list[int] = field(default_factory=list)
     max_new_tokens: int | None = None
+    # {"pixel_values": [P, D], "image_grid_thw": [I, 3]} for a prompt with images, else None;
+    # requests may share one dict (the k samples of a prompt): engines encode it once
+    mm: dict[str, torch.Tensor] | None = None
 
 
 @dataclass

@@ -17,6 +17,10 @@ model, and more on a trained model whose distributions are sharper (a bf16 logit
 up to 0.06). A float32 tolerance would then fail every sync. The bf16 default, 0.25 nats, still
 catches a lost push once the policy has moved by more than that on some probe token, and a push
 that garbles a tensor at once; it cannot see a single small step (float32 engines can).
+
+A vision-language policy (`longrl.vision`) is probed with an image in its prompt (a fixed test
+card), so the answer tokens' log-probs depend on the vision tower too: a push that leaves the
+engine's vision tower stale fails the check like one that leaves its decoder stale.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import torch
 
 from longrl.lora import lora_scale, merged_items
 from longrl.models import encode_prompt, token_logprobs
+from longrl.types import Prompt
+from longrl.vision import encode_vision_prompt, is_vision_model, probe_image, vision_logprobs
 
 PROBE_QUESTION = "Probe: what is 12+34? Show the steps."
 PROBE_ANSWER = " 12+34: 2+4=6, 1+3=4, so the answer is 46. The quick brown fox jumps over the lazy dog."
@@ -79,16 +85,36 @@ def probe_sequence(tokenizer, max_len: int | None = None) -> tuple[list[int], in
     return ids, len(prompt)
 
 
+def vision_probe_sequence(processor, max_len: int | None = None) -> tuple[list[int], int, dict[str, torch.Tensor]]:
+    """(token ids, prompt length, image inputs) of the probe for a vision-language policy: the
+    probe question about a fixed test card (`vision.probe_image`), and the written answer."""
+    prompt, mm = encode_vision_prompt(processor, Prompt("weight-sync-probe", PROBE_QUESTION, images=[probe_image()]))
+    answer = processor.tokenizer(PROBE_ANSWER, add_special_tokens=False).input_ids
+    ids = (prompt + answer)[:max_len]
+    if len(ids) <= len(prompt):
+        raise ValueError(f"the weight-sync probe has no answer tokens within {max_len} positions")
+    return ids, len(prompt), mm
+
+
 class WeightSync:
     """Push the trainer's weights into the engine, then prove the engine holds them.
 
     `tolerance` in nats on any probe token (`rollout.sync_check_tolerance`); 0 skips the check.
+    A vision-language `model` needs its `processor` (`vision.load_processor`): its probe holds an
+    image (module docstring).
     """
 
-    def __init__(self, model: torch.nn.Module, engine, tokenizer, tolerance: float = 1e-3):
+    def __init__(self, model: torch.nn.Module, engine, tokenizer, tolerance: float = 1e-3, processor=None):
         self.model, self.engine, self.tolerance = model, engine, tolerance
-        max_len = getattr(model.config, "max_position_embeddings", None)
-        self.probe_ids, self.prompt_len = probe_sequence(tokenizer, max_len)
+        max_len = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None)
+        self.probe_mm = None
+        if is_vision_model(model):
+            if processor is None:
+                raise ValueError(f"{type(model).__name__} is a vision-language model: give WeightSync its processor "
+                                 "(longrl.vision.load_processor(model_dir)) so the probe covers the vision tower")
+            self.probe_ids, self.prompt_len, self.probe_mm = vision_probe_sequence(processor, max_len)
+        else:
+            self.probe_ids, self.prompt_len = probe_sequence(tokenizer, max_len)
 
     def __call__(self, iteration: int) -> dict[str, float]:
         metrics = sync_weights(self.model, self.engine)
@@ -105,14 +131,21 @@ class WeightSync:
 
     def probe_max_diff(self) -> float:
         """max over probe tokens of |engine log-prob - trainer log-prob|, at temperature 1."""
-        engine_lp = torch.tensor(self.engine.score([self.probe_ids], [self.prompt_len], 1.0)[0])
+        n = self.prompt_len
+        if self.probe_mm is None:
+            engine_lp = torch.tensor(self.engine.score([self.probe_ids], [n], 1.0)[0])
+        else:
+            engine_lp = torch.tensor(self.engine.score([self.probe_ids], [n], 1.0, mm=[self.probe_mm])[0])
         device = next(self.model.parameters()).device
         ids = torch.tensor([self.probe_ids], device=device)  # [1, T]
         positions = torch.arange(ids.shape[1], device=device)[None]  # [1, T]
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            trainer_lp = token_logprobs(self.model, ids, positions, 1.0)[0, self.prompt_len:].cpu()
+            if self.probe_mm is None:
+                trainer_lp = token_logprobs(self.model, ids, positions, 1.0)[0, n:].cpu()
+            else:
+                trainer_lp = vision_logprobs(self.model, ids, [self.probe_mm], prompt_lens=[n])[0][0, n:].cpu()
         self.model.train(was_training)
         if engine_lp.shape != trainer_lp.shape:
             return math.inf

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from longrl.config import ConfigError, WorldConfig
-from longrl.data.worlds import TASKS, World, format_trace, is_held_out, make_problem
+from longrl.data.worlds import TASKS, TEXT_TASKS, World, format_trace, is_held_out, make_problem
 from longrl.tiny import build_char_tokenizer
 from longrl.rewards.world import check_answer
 from longrl.rewards.registry import get_reward
@@ -37,7 +37,7 @@ def test_sub_and_mul_traces_by_hand():
     assert lines == ["7*6+0=42 c4", "4*6+4=28 c2", "3*6+2=20 c2"]
 
 
-@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("task", TEXT_TASKS)  # image tasks: test_visual_world.py
 def test_every_trace_line_is_true_and_ends_in_the_answer(task):
     rng = random.Random(1)
     for level in range(1, 6):

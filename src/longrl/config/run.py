@@ -49,7 +49,8 @@ class WorldConfig:
     """The procedural tiny world (`longrl.data.worlds`): verifiable tasks with CoT traces."""
 
     tasks: list[str] = opt(["add", "sub"], "Task families: add, sub, mul, chain, rep (s + a*n by n additions; "
-                           "1,000+ token traces at levels 64+, configs/long_rl.toml).")
+                           "1,000+ token traces at levels 64+, configs/long_rl.toml), count; with an image "
+                           "(a vision-language model, docs/vision.md): add_img, count_img, text_img.")
     min_level: int = opt(2, "Lowest difficulty level (digits, or terms for `chain`).")
     max_level: int = opt(3, "Highest difficulty level.")
     train_size: int = opt(20000, "Training prompts drawn for the run's pool.")

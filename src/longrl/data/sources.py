@@ -15,8 +15,19 @@ One entry point, `load_source(spec, on_error)`, reads a *spec string* (docs/data
 Rows of a file (or dataset) map onto the `Prompt` schema by column name: the question is
 `text`, `prompt` or `question`, or `messages` (a chat list of `{role, content}`; a text column
 holding such a list counts too); the reference is `answer` or `solution`, or `tests` for code;
-optional `id`, `tags`, `difficulty` (0 easy .. 1 hard), `source`. Other columns go to
+optional `id`, `tags`, `difficulty` (0 easy .. 1 hard), `source`, and `images` (or `image`):
+one image or a list of them (a JSON list or one path in a CSV cell). Other columns go to
 `Prompt.meta`. Query options rename columns: `jsonl:qa.jsonl?text=q&answer=final`.
+
+Images (vision-language prompts, `Prompt.images`). An image is a file path, relative paths
+read from the data file's folder (the dataset's folder for `hf:`), or encoded bytes (a Parquet
+or `datasets` Image cell, `{"bytes", "path"}`). Each one is opened once at load time
+(`data/images.py`), so a missing file, a non-image or a too-large image is a `DataError` naming
+the file, the line and the field. A prompt keeps paths as absolute paths and bytes as bytes,
+never decoded pixels. A chat message's content may be a list of parts in the transformers
+convention, `[{"type": "image"}, {"type": "text", "text": "..."}]`: each image part takes the
+row's next image, so their counts must agree, and `Prompt.text` is the text parts of the last
+user message joined by newlines.
 
 Validation: a row with a missing field, a value of the wrong type, a line that is not JSON, or
 a repeated id is a `DataError` naming the file, the line (the row for Parquet and datasets) and
@@ -38,6 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from longrl.data.images import row_images, undecoded
 from longrl.errors import DataError  # re-exported: callers import it from here
 from longrl.types import Prompt
 
@@ -98,7 +110,7 @@ def _int_option(spec: str, options: dict[str, str], key: str, default: int) -> i
 _ALIASES = {
     "id": ("id",), "text": ("text", "prompt", "question"), "messages": ("messages",),
     "answer": ("answer", "solution"), "tests": ("tests",), "tags": ("tags",),
-    "difficulty": ("difficulty",), "source": ("source",),
+    "difficulty": ("difficulty",), "source": ("source",), "images": ("images", "image"),
 }  # fmt: skip
 _JSON_CELLS = ("messages", "tests")  # CSV cells of these fields hold JSON text
 
@@ -114,24 +126,52 @@ def _type_error(column: str, expected: str, value: Any) -> DataError:
     return DataError(f"field {column!r} must be {expected}, got {type(value).__name__}{shown}")
 
 
+def _content_text(where: str, content: list) -> str:
+    """The text parts of a list-of-parts message content, joined by newlines; checks every part."""
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind != "image":
+            raise DataError(f"{where}: a content part must be {{'type': 'text', 'text': str}} or "
+                            f"{{'type': 'image'}}, got {json.dumps(part, default=str)[:80]}")
+    return "\n".join(texts)
+
+
 def _check_messages(column: str, value: Any) -> tuple[list[dict], str]:
-    """A chat list of {role, content} strings with a user turn; returns it and the last user turn."""
+    """A chat list of {role, content} with a user turn; returns it and the last user turn's text.
+
+    A content is a str, or a list of text and image parts (module docstring).
+    """
     if not isinstance(value, list) or not value:
         raise _type_error(column, "a non-empty list of {role, content} messages", value)
+    messages, users = [], []
     for i, message in enumerate(value, start=1):
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
+                and isinstance(message.get("content"), (str, list))):
             raise DataError(f"field {column!r}, message {i}: must be an object with string "
                             f"'role' and 'content', got {json.dumps(message, default=str)[:80]}")
-    users = [m["content"] for m in value if m["role"] == "user"]
+        content = message["content"]
+        where = f"field {column!r}, message {i}"
+        text = content if isinstance(content, str) else _content_text(where, content)
+        if message["role"] == "user":
+            users.append(text)
+        messages.append({"role": message["role"],
+                         "content": content if isinstance(content, str) else [dict(p) for p in content]})
     if not users:
         raise DataError(f"field {column!r}: no message with role 'user'")
-    return [{"role": m["role"], "content": m["content"]} for m in value], users[-1]
+    return messages, users[-1]
+
+
+def _image_parts(messages: list[dict]) -> int:
+    return sum(part["type"] == "image" for m in messages if isinstance(m["content"], list)
+               for part in m["content"])
 
 
 def _from_cell(name: str, column: str, value: str) -> Any:
     """A CSV cell (always text) as the value of Prompt field `name`."""
-    if name in _JSON_CELLS:
+    if name in _JSON_CELLS or (name == "images" and value.lstrip().startswith("[")):
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
@@ -170,10 +210,11 @@ def _check_value(name: str, column: str, value: Any) -> Any:
 
 
 def prompt_from_row(row: Any, default_id: str, source: str, field_map: dict[str, str] | None = None,
-                    text_cells: bool = False) -> Prompt:
+                    text_cells: bool = False, base: Path | None = None) -> Prompt:
     """One row (a dict of columns) as a `Prompt`; raises `DataError` naming the bad field.
 
     `text_cells` says every value is text (CSV): JSON fields are parsed and numbers converted.
+    `base` is the folder that relative image paths are read from (default: the working directory).
     """
     field_map = field_map or {}
     if not isinstance(row, dict):
@@ -188,10 +229,15 @@ def prompt_from_row(row: Any, default_id: str, source: str, field_map: dict[str,
             value = _from_cell(name, column, value)
         if name == "text" and isinstance(value, list):
             name = "messages"  # a text column holding a chat
-        values[name] = value if name == "messages" else _check_value(name, column, value)
+        values[name] = value if name in ("messages", "images") else _check_value(name, column, value)
     if "messages" in values:
         column = used["messages"] or used["text"]
         values["messages"], values["text"] = _check_messages(column, values["messages"])
+        parts = _image_parts(values["messages"])
+        images = len(values["images"]) if isinstance(values.get("images"), list) else int("images" in values)
+        if parts and parts != images:
+            raise DataError(f"field {column!r} has {parts} image part(s) but the row has {images} image(s) "
+                            f"(column {used['images'] or 'images'!r}): give one image per image part")
     elif "text" not in values:
         wanted = field_map.get("text") or field_map.get("messages")
         raise DataError(f"missing field {wanted!r}" if wanted else
@@ -200,20 +246,23 @@ def prompt_from_row(row: Any, default_id: str, source: str, field_map: dict[str,
         wanted = field_map.get("answer")
         raise DataError(f"missing field {wanted!r}" if wanted else
                         "missing field 'answer' (or 'solution', or 'tests' for code)")
+    if "images" in values:  # last: opening every image is the slowest check
+        values["images"] = row_images(used["images"], values["images"], base)
     known = {*field_map.values(), *(c for aliases in _ALIASES.values() for c in aliases)}
     taken = {c for c in row if c in used.values() or (c in known and row[c] in (None, ""))}
     return Prompt(id=values.get("id", default_id), text=values["text"], answer=values.get("answer"),
                   tests=values.get("tests"), tags=list(values.get("tags", [])),
                   difficulty=values.get("difficulty"), source=values.get("source", source),
-                  meta={k: v for k, v in row.items() if k not in taken}, messages=values.get("messages"))
+                  meta={k: v for k, v in row.items() if k not in taken}, messages=values.get("messages"),
+                  images=values.get("images", []))
 
 
 def _collect(rows: Iterator[tuple[str, Any]], where: str, name: str, on_error: OnError,
-             field_map: dict[str, str], text_cells: bool = False) -> list[Prompt]:
+             field_map: dict[str, str], text_cells: bool = False, base: Path | None = None) -> list[Prompt]:
     """Validate `(location, row)` pairs (a row may be a `DataError` already) under `on_error`.
 
     `where` names the data in messages; `name` is the default `source` and the stem of default
-    ids (`<stem>:<line or row>`).
+    ids (`<stem>:<line or row>`); `base` is the folder relative image paths are read from.
     """
     if on_error not in ("raise", "skip"):
         raise DataError(f"on_error is {on_error!r}: use 'raise' or 'skip'")
@@ -223,7 +272,7 @@ def _collect(rows: Iterator[tuple[str, Any]], where: str, name: str, on_error: O
             if isinstance(row, DataError):
                 raise row
             prompt = prompt_from_row(row, f"{Path(name).stem}:{location.split()[-1]}", name,
-                                     field_map, text_cells)
+                                     field_map, text_cells, base)
             if prompt.id in seen:
                 raise DataError(f"field 'id': {prompt.id!r} repeats the id of {seen[prompt.id]}")
             seen[prompt.id] = location
@@ -326,7 +375,7 @@ def _load_file(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
     path = _existing_file(text, spec.target)
     reader = {"jsonl": _jsonl_rows, "csv": _csv_rows, "parquet": _parquet_rows}[spec.kind]
     return _collect(reader(path), str(path), path.name, on_error, spec.options,
-                    text_cells=spec.kind == "csv")
+                    text_cells=spec.kind == "csv", base=path.parent)
 
 
 def _load_hf(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
@@ -351,8 +400,11 @@ def _load_hf(spec: SourceSpec, text: str, on_error: OnError) -> list[Prompt]:
             raise DataError(f"{path}: no split {split!r}; the splits are {', '.join(data)} "
                             f"(choose one with ?split=NAME)")
         data = data[split]
+    if (features := undecoded(data.features)) != data.features:
+        data = data.cast(features)
     rows = ((f"row {i}", row) for i, row in enumerate(data, start=1))
-    return _collect(rows, f"{path} [{split}]", path.name, on_error, options)
+    return _collect(rows, f"{path} [{split}]", path.name, on_error, options,
+                    base=path if path.is_dir() else path.parent)
 
 
 # ----------------------------------------------------------------------------------------------

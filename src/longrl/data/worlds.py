@@ -12,6 +12,15 @@ an exact verifier (the `world` reward). Task families and what their difficulty 
     count  s + 1*n: counting up from the 4-digit `s` one at a time, `n = level` times, one count
            per line with the ones left (`r`); at levels 100+ a trace runs to 1,000+ characters
 
+and the visual tasks, whose question is in the prompt's one image (`visual_world.py`):
+
+    add_img    the image shows two numbers of `level` digits; "Add the two numbers in the
+               image."; the `add` trace (levels 1-10)
+    count_img  the image shows `level` to 2*`level` red squares and fewer blue ones; "How many
+               more red squares than blue squares?"; `red 5`, `blue 3`, `5-3=2` (levels 1-4)
+    text_img   the image shows the `add` question, `347+285`; "Solve the problem in the
+               image."; the `add` trace (levels 1-5)
+
 A trace ends with one answer line `A: <number>`; a *direct* trace is that line alone, with no chain
 of thought. For example, `347+285`:
 
@@ -64,7 +73,9 @@ long2short methods choose between. The re-check pattern is a function of the pro
 world seed, never of the problem stream: a verbose world draws the same problems as a concise one.
 
 Held-out prompts are the problems whose text hashes to 0 modulo `_HOLDOUT_MODULUS`; training
-never draws them, so the split holds whatever the sizes and seeds.
+never draws them, so the split holds whatever the sizes and seeds. For a visual task the text
+hashed is the problem's key (the numbers, or the grid of squares), which the prompt id names: its
+visible text is the same for every problem.
 
 The exact verifier of the answer line is the `world` reward (`rewards/world.py`); the tokenizer
 and model a tiny world trains are built by `longrl.tiny`.
@@ -79,9 +90,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from longrl.config import ConfigError, WorldConfig
+from longrl.data import visual_world
+from longrl.data.visual_world import IMAGE_TASKS  # the question is in an image
 from longrl.types import Prompt
 
-TASKS = ("add", "sub", "mul", "chain", "rep", "count")
+TEXT_TASKS = ("add", "sub", "mul", "chain", "rep", "count")
+TASKS = (*TEXT_TASKS, *IMAGE_TASKS)
 _HOLDOUT_MODULUS = 10  # one problem in ten is reserved for evaluation
 
 
@@ -144,7 +158,12 @@ def _count_trace(start: int, n: int) -> list[str]:
 
 
 def make_problem(task: str, level: int, rng: random.Random) -> tuple[str, int, list[str]]:
-    """Draw one problem: (question text, answer, chain-of-thought lines)."""
+    """Draw one problem: (question text, answer, chain-of-thought lines).
+
+    For an image task the text is the problem's key, which its image shows (`visual_world.py`).
+    """
+    if task in IMAGE_TASKS:
+        return visual_world.make_problem(task, level, rng)
     lo, hi = 10 ** (level - 1), 10**level - 1
     if task == "add":
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)
@@ -201,7 +220,11 @@ def is_held_out(text: str) -> bool:
 
 
 class World:
-    """Train and held-out prompts of a `WorldConfig`, each with its reference trace."""
+    """Train and held-out prompts of a `WorldConfig`, each with its reference trace.
+
+    A prompt of an image task carries its one image as PNG bytes in `Prompt.images`; its id
+    names the problem's key (`add_img:347+285`), its text is the task's fixed question.
+    """
 
     def __init__(self, config: WorldConfig):
         for task in config.tasks:
@@ -221,12 +244,18 @@ class World:
             if is_held_out(text) == held_out:
                 span = max(self.config.max_level - self.config.min_level, 1)
                 if self.config.trace_style == "verbose":
-                    lines = verbose_lines(text, lines, answer, random.Random(f"verbose:{self.config.seed}:{text}"))
+                    asked = visual_world.expression(task, text) if task in IMAGE_TASKS else text
+                    checks = random.Random(f"verbose:{self.config.seed}:{text}")
+                    lines = verbose_lines(asked, lines, answer, checks)
+                question, images = text, []
+                if task in IMAGE_TASKS:  # the text is the key; the image shows it
+                    question, images = visual_world.QUESTIONS[task], [visual_world.render(task, text)]
                 return Prompt(
-                    id=f"{task}:{text}", text=text, answer=str(answer),
+                    id=f"{task}:{text}", text=question, answer=str(answer),
                     tags=[f"task:{task}", f"level:{level}"],
                     difficulty=(level - self.config.min_level) / span, source="world",
-                    meta={"trace": format_trace(lines, answer), "direct": format_trace([], answer)})
+                    meta={"trace": format_trace(lines, answer), "direct": format_trace([], answer)},
+                    images=images)
 
     def train_prompts(self, n: int, seed_offset: int = 0) -> list[Prompt]:
         """`n` training prompts (repeats possible for small spaces), never held-out ones."""

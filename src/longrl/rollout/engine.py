@@ -28,6 +28,14 @@ for every row the batch started with, and a row samples by inverting its CDF at 
 A row's tokens therefore depend only on the seed, its place in the sorted batch and its own
 logits, not on which other rows are still running (tested: dropping rows changes no sample).
 
+Images (vision-language models, `longrl.vision`): a request's `mm` holds its prompt's image
+inputs. A batch with images is prefilled from embeddings with the image features in place of
+the prompts' placeholder tokens (the vision tower runs once per distinct `mm`, so the k samples
+of a prompt share one pass) and with Qwen2-VL's 3-D positions from the model's own rope index
+over each whole context (prompt + earlier segments); each decoding step then places its token
+at text index + the row's rope delta on the three axes, so a continued request samples what a
+one-shot one does. Text-only batches take the plain path, unchanged.
+
 Not done: refilling freed slots with waiting requests (continuous batching). A new row needs its
 own prefill and a cache re-aligned to another padding; the loop sends each call at most
 `rollout.batch_size` rows (256; 32 prompts x k 8 by default), so nothing waits.
@@ -48,6 +56,8 @@ from longrl.models import token_logprobs
 from longrl.rollout.contract import (
     finish_reason, logprob_temperature, primed_detector, request_budget, stop_cause, stop_token_ids)
 from longrl.types import Completion, GenerationRequest, SamplingParams
+from longrl.vision import (MultiModal, embed_with_images, is_vision_model, mrope_positions, placeholder_mask,
+                           vision_logprobs)
 
 
 class InferenceEngine(Protocol):
@@ -169,7 +179,8 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed)
-        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        text_config = model.config.get_text_config(decoder=True)  # a VLM's is its text part's
+        self.max_positions = getattr(text_config, "max_position_embeddings", None)
 
     def load_weights(self, state: Iterable[tuple[str, torch.Tensor]]) -> None:
         params = dict(self.model.named_parameters())
@@ -185,19 +196,24 @@ class HFEngine:
         pass
 
     @torch.inference_mode()
-    def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],
-              temperature: float = 1.0) -> list[list[float]]:
-        """Log-probs of each sequence's tokens after its prompt, under softmax(logits/T).
+    def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int], temperature: float = 1.0,
+              mm: Sequence[MultiModal | None] | None = None) -> list[list[float]]:
+        """Log-probs of each sequence's tokens after its prompt, under softmax(logits/T);
+        `mm[i]`, optional, the image inputs of sequence i's prompt.
 
         Temperature 0 scores at temperature 1, as greedy `generate` reports.
         """
         device = next(self.model.parameters()).device
         temperature = logprob_temperature(temperature)
         out = []
-        for seq, n in zip(sequences, prompt_lens):  # one sequence per forward: no padding to mask
+        for i, (seq, n) in enumerate(zip(sequences, prompt_lens)):  # one per forward: no padding to mask
             ids = torch.tensor([seq], device=device)  # [1, T]
-            positions = torch.arange(len(seq), device=device)[None]  # [1, T]
-            out.append(token_logprobs(self.model, ids, positions, temperature)[0, n:].tolist())
+            if mm is not None and mm[i] is not None:
+                logprobs = vision_logprobs(self.model, ids, [mm[i]], prompt_lens=[n], temperature=temperature)[0]
+            else:
+                positions = torch.arange(len(seq), device=device)[None]  # [1, T]
+                logprobs = token_logprobs(self.model, ids, positions, temperature)  # [1, T]
+            out.append(logprobs[0, n:].tolist())
         return out
 
     def generate(self, requests: Sequence[GenerationRequest], params: SamplingParams) -> list[Completion]:
@@ -246,7 +262,8 @@ class HFEngine:
             detectors = [primed_detector(params.detector, r.prefix_ids) for r in requests]
 
         cache = kv_cache(self.model, L + S)
-        logits = self._prefill(input_ids, attention, positions, cache)  # [B, V]
+        inputs, deltas = self._prefill_inputs(requests, input_ids, attention, positions)
+        logits = self._prefill(inputs, attention, cache)  # [B, V]
         attention = torch.cat([attention, attention.new_ones((B, S))], 1)  # [B, L + S]
         live = torch.arange(B, device=device)  # [b]: the batch row of each row in the running batch
         running = torch.ones(B, dtype=torch.bool, device=device)  # [b]: finished rows wait to be dropped
@@ -271,8 +288,9 @@ class HFEngine:
                 cache.batch_select_indices(keep)
                 live, running, tok, next_pos, attention = (
                     x[keep] for x in (live, running, tok, next_pos, attention))
+                deltas = None if deltas is None else deltas[keep]
             logits = self.model(input_ids=tok[:, None], attention_mask=attention[:, :L + step + 1],
-                                position_ids=next_pos[:, None], past_key_values=cache,
+                                position_ids=self._step_positions(next_pos, deltas), past_key_values=cache,
                                 use_cache=True).logits[:, -1]  # [b, V]
             next_pos = next_pos + 1
         causes = ["stop" if s else "repetition" if r else None
@@ -281,9 +299,37 @@ class HFEngine:
                            finish_reason(request, params, cause, n, self.max_positions))
                 for row, (request, n, cause) in enumerate(zip(requests, lengths.tolist(), causes))]
 
-    def _prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
-                 cache: Cache) -> torch.Tensor:
-        """Fill `cache` with the contexts [B, L]; the logits at each row's last position [B, V].
+    def _prefill_inputs(self, requests: Sequence[GenerationRequest], input_ids: torch.Tensor,
+                        attention: torch.Tensor, positions: torch.Tensor
+                        ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """(the prefill's model inputs, each row's rope delta [B] or None). Text: the ids and
+        positions [B, L]. With images: embeddings with the image features [B, L, H], positions
+        [4, B, L] (`longrl.vision.mrope_positions`) and the deltas that place later tokens."""
+        mms = [r.mm for r in requests]
+        if all(m is None for m in mms):
+            return {"input_ids": input_ids, "position_ids": positions}, None
+        if not is_vision_model(self.model):
+            raise ValueError(f"a request carries images but the engine's model ({type(self.model).__name__}) has no "
+                             "vision tower: use a vision-language model, or send the prompt without images")
+        L = input_ids.shape[1]
+        starts = [L - self._context_len(r) for r in requests]  # left padding: context at the right
+        image_mask = placeholder_mask(self.model, input_ids, starts, [L - len(r.prefix_ids) for r in requests])
+        embeds = embed_with_images(self.model, input_ids, image_mask, mms)  # [B, L, H]
+        position_ids, deltas = mrope_positions(self.model, input_ids, attention, image_mask, mms)  # [4, B, L], [B]
+        return {"inputs_embeds": embeds, "position_ids": position_ids}, deltas
+
+    @staticmethod
+    def _step_positions(next_pos: torch.Tensor, deltas: torch.Tensor | None) -> torch.Tensor:
+        """Positions of one decoding step: [b, 1], or [4, b, 1] (text index, then the text index
+        shifted by the row's rope delta on the three M-RoPE axes) for a batch with images."""
+        if deltas is None:
+            return next_pos[:, None]
+        shifted = (next_pos + deltas)[None, :, None].expand(3, -1, -1)  # [3, b, 1]
+        return torch.cat([next_pos[None, :, None], shifted])  # [4, b, 1]
+
+    def _prefill(self, inputs: dict[str, torch.Tensor], attention: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """Fill `cache` with the contexts [B, L] (`inputs`: ids or embeddings, and positions);
+        the logits at each row's last position [B, V].
 
         Rows come sorted by context length, longest first. They are prefilled in groups whose
         shortest context is more than half the group's longest, each group padded to its own
@@ -296,15 +342,16 @@ class HFEngine:
             if 2 * lengths[row] <= lengths[starts[-1]]:
                 starts.append(row)
         if len(starts) == 1:
-            return self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                              past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        (B, L), logits = input_ids.shape, []
+            return self.model(**inputs, attention_mask=attention, past_key_values=cache, use_cache=True,
+                              logits_to_keep=1).logits[:, -1]
+        (B, L), logits = attention.shape, []
         for start, end in zip(starts, starts[1:] + [B]):
             width = max(lengths[start:end])  # = lengths[start] when sorted, as `generate` sends them
             part = kv_cache(self.model, width)
-            logits.append(self.model(input_ids=input_ids[start:end, L - width:],
-                                     attention_mask=attention[start:end, L - width:],
-                                     position_ids=positions[start:end, L - width:], past_key_values=part,
+            rows, cols = slice(start, end), slice(L - width, L)
+            window = {k: v[:, rows, cols] if v.ndim == 3 and k == "position_ids" else v[rows, cols]
+                      for k, v in inputs.items()}  # [4, B, L] positions keep their axis first
+            logits.append(self.model(**window, attention_mask=attention[rows, cols], past_key_values=part,
                                      use_cache=True, logits_to_keep=1).logits[:, -1])  # [end - start, V]
             for layer, done in zip(cache.layers, part.layers):
                 layer.fill(slice(start, end), done.keys, done.values, B, L)

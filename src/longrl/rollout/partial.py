@@ -51,6 +51,7 @@ from longrl.buffer import ReplayBuffer, start_version
 from longrl.config import PartialRolloutConfig
 from longrl.rollout.sample import extend, rollout_metrics
 from longrl.types import Prompt, SamplingParams, Trajectory
+from longrl.vision import VisionInputs, require_vision
 
 
 def token_budget(config: PartialRolloutConfig, prompts_per_iter: int, k: int) -> int:
@@ -77,22 +78,26 @@ def partial_rollout(engine, tokenizer, encode: Callable[[Prompt], list[int]], bu
                     new_prompts: Callable[[int], list[Prompt]], config: PartialRolloutConfig,
                     prompts_per_iter: int, k: int, params: SamplingParams,
                     version: int, on_finished: Callable[[list[Trajectory]], None] | None = None,
-                    ) -> tuple[list[Trajectory], dict[str, float]]:
+                    vision: VisionInputs | None = None) -> tuple[list[Trajectory], dict[str, float]]:
     """One iteration's rollout phase (module docstring); returns the complete, unscored groups.
-    `on_finished` gets the trajectories that finish within this call's segments (`extend`)."""
+    `on_finished` gets the trajectories that finish within this call's segments (`extend`).
+    Prompts with images are encoded by `vision` (not `encode`), which also gives their
+    continuations their images (`rollout/sample.py`)."""
     budget = token_budget(config, prompts_per_iter, k)
     continued, left, n_new, new_cap = plan(buffer.take_unfinished(), config, budget, k,
                                            params.max_new_tokens, prompts_per_iter)
     fresh = []
     for g, prompt in enumerate(new_prompts(n_new) if n_new else []):
-        ids = encode(prompt)
+        if prompt.images:
+            require_vision(prompt, vision)
+        ids = vision.prompt_ids(prompt) if prompt.images else encode(prompt)
         fresh += [Trajectory(prompt, j, ids, group=f"{prompt.id}@{version}:{g}") for j in range(k)]
     work = continued + [(t, new_cap) for t in fresh]
     # an engine that pads every context of a call to the longest gets continuations and new rows
     # in two calls, so new rows are not padded to long contexts (module docstring, step 3)
     split_at = len(continued) if getattr(engine, "pads_contexts", True) else None
     new_tokens, elapsed = extend(engine, tokenizer, work, params, version, split_at,  # steps 4 and tagging
-                                 on_finished)
+                                 on_finished, vision)
     finished = [t for t, _ in work if t.finish_reason is not None]
     still = [t for t, _ in work if t.finish_reason is None]
     forced = 0
