@@ -31,6 +31,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def trl_arm(args) -> None:
         output_dir=str(Path(args.out) / "trl_work"), learning_rate=args.trl_lr, loss_type=args.trl_loss,
         scale_rewards=args.trl_scale_rewards, beta=0.0, num_generations=SAMPLES,
         per_device_train_batch_size=PROMPTS_PER_STEP * SAMPLES, gradient_accumulation_steps=1,
-        num_iterations=1, max_completion_length=MAX_NEW_TOKENS, temperature=1.0, max_steps=100_000,
+        num_iterations=1, max_completion_length=MAX_NEW_TOKENS, temperature=1.0, max_steps=args.max_steps or 100_000,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, use_cpu=True, bf16=False,
         seed=args.seed, logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True)
     trainer = GRPOTrainer(model=args.model, reward_funcs=reward, args=grpo, train_dataset=dataset,
@@ -123,7 +124,8 @@ def trl_arm(args) -> None:
 def longrl_arm(seed: int, args, model: str, out: Path) -> dict:
     name = f"longrl_s{seed}"
     shutil.rmtree(out / name, ignore_errors=True)  # a fresh run, not the remains of an earlier one
-    iterations = int(args.budget / 0.5)  # more than the budget allows; the loop stops at the budget
+    # more than the budget allows (the loop stops at the budget), unless --max-steps caps them
+    iterations = args.max_steps or int(args.budget / 0.5)
     command = [sys.executable, "-m", "longrl.cli", "train", str(ROOT / "configs/default.toml"), f"model.path={model}",
                f"out_dir={out}", f"name={name}", f"seed={seed}", f"iterations={iterations}",
                f"eval.every={args.eval_every}", f"threads={args.threads}", f"max_train_s={args.budget}",
@@ -146,12 +148,25 @@ def trl_run(seed: int, args, model: str, out: Path) -> dict:
     command = [args.trl_python, __file__, "--trl-arm", f"--seed={seed}", f"--model={model}", f"--out={out}",
                f"--result={result}", f"--budget={args.budget}", f"--eval-every={args.eval_every}",
                f"--threads={args.threads}", f"--trl-lr={args.trl_lr}", f"--trl-loss={args.trl_loss}",
-               f"--trl-scale-rewards={args.trl_scale_rewards}"]
+               f"--trl-scale-rewards={args.trl_scale_rewards}", f"--max-steps={args.max_steps}"]
     subprocess.run(command, check=True, cwd=ROOT)
     return json.loads(result.read_text())
 
 
-def summarize(run: dict, thresholds: list[float], budget: float) -> dict:
+def area_mean(curve: list[dict], axis: str, end: float) -> float:
+    """Mean pass@1 over [0, end] of `axis` (`train_s` or `step`), each evaluation's value held
+    until the next one."""
+    points = [c for c in curve if c[axis] <= end]
+    area = 0.0
+    for here, nxt in zip(points, points[1:] + [{axis: end}]):
+        area += here["pass@1"] * (min(nxt[axis], end) - here[axis])
+    return area / end
+
+
+def summarize(run: dict, thresholds: list[float], budget: float, steps: int = 80) -> dict:
+    """Threshold times, the mean pass@1 over the budget (training seconds) and over the first
+    `steps` steps (256 completions each in both arms: a measure of what a step teaches that the
+    machine's speed and load do not change)."""
     curve = [c for c in run["curve"] if c["train_s"] <= budget]
     first = {t: next((c["train_s"] for c in curve if c["pass@1"] >= t), None) for t in thresholds}
     stays = {}
@@ -162,11 +177,11 @@ def summarize(run: dict, thresholds: list[float], budget: float) -> dict:
                 break
             after = c["train_s"]
         stays[t] = after
-    area = 0.0  # pass@1 held from each evaluation to the next, up to the budget
-    for here, nxt in zip(curve, curve[1:] + [{"train_s": budget}]):
-        area += here["pass@1"] * (min(nxt["train_s"], budget) - here["train_s"])
     last = curve[-1]
-    return {"first": first, "stays": stays, "mean_pass@1": area / budget, "final_pass@1": last["pass@1"],
+    reached = max(c["step"] for c in run["curve"])
+    by_step = area_mean(run["curve"], "step", steps) if reached >= steps else None
+    return {"first": first, "stays": stays, "mean_pass@1": area_mean(curve, "train_s", budget),
+            "mean_pass@1_steps": by_step, "final_pass@1": last["pass@1"],
             "s_per_step": last["train_s"] / max(last["step"], 1), "peak_rss_gb": run["peak_rss"] / 1e9}
 
 
@@ -183,7 +198,14 @@ def main() -> None:
     parser.add_argument("--trl-loss", default="dapo")
     parser.add_argument("--trl-scale-rewards", default="group")
     parser.add_argument("--arms", nargs="+", default=["longrl", "trl"], choices=["longrl", "trl"])
+    parser.add_argument("--steps", type=int, default=80, help="steps of the per-step mean pass@1")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="stop each run after this many steps (0: at the budget); with a large --budget, "
+                             "a comparison by steps that the machine's load cannot change")
     parser.add_argument("--out", default="runs/vs_trl")
+    parser.add_argument("--report", default="", metavar="RESULTS_JSON",
+                        help="print the table of an earlier run's results.json (several, comma-separated: "
+                             "one table) and exit")
     parser.add_argument("--model", default="", help="start checkpoint ('' = SFT of configs/sft.toml into --out)")
     # the TRL arm's own process
     parser.add_argument("--trl-arm", action="store_true", help=argparse.SUPPRESS)
@@ -192,6 +214,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.trl_arm:
         return trl_arm(args)
+    if args.report:
+        paths, runs = args.report.split(","), {}
+        for path in paths:  # arms of several files are told apart by their folder
+            for arm, by_seed in json.loads(Path(path).read_text())["runs"].items():
+                runs[arm if len(paths) == 1 else f"{arm} ({Path(path).parent.name})"] = by_seed
+        return report(runs, args.thresholds, args.budget, args.steps)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model = args.model or str(out / "sft/final")
@@ -204,27 +232,43 @@ def main() -> None:
             runs[arm][seed] = (longrl_arm if arm == "longrl" else trl_run)(seed, args, model, out)
             print(f"[{arm} seed {seed}] {json.dumps(runs[arm][seed]['curve'][-1])}", flush=True)
     (out / "results.json").write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
-    fmt = lambda v: "never" if v is None else f"{v:.0f} s"  # noqa: E731
     print(f"\nbudget {args.budget:.0f} training s per run; longrl overrides {args.longrl_set or 'none'}; TRL lr "
           f"{args.trl_lr}, loss {args.trl_loss}, scale_rewards {args.trl_scale_rewards}\n")
-    header = " | ".join(f"first >= {t} / stays >= {t}" for t in args.thresholds)
-    print(f"| arm | seed | {header} | mean pass@1 over budget | final pass@1 | s / step | peak RSS GB |")
-    print("|---|---|" + "---|" * (len(args.thresholds) + 4))
+    report(runs, args.thresholds, args.budget, args.steps)
+
+
+def mean_time(times: list[float | None], budget: float) -> str:
+    """Mean over seeds of threshold times; a seed that never got there counts as the budget (*)."""
+    mean = statistics.mean(budget if t is None else t for t in times)
+    return f"{mean:.0f} s" + ("*" if None in times else "")
+
+
+def report(runs: dict, thresholds: list[float], budget: float, steps: int) -> None:
+    """The table of `runs` ({arm: {seed: run}}): per seed, the mean over seeds, and the ratios."""
+    fmt = lambda v: "never" if v is None else f"{v:.0f} s"  # noqa: E731
+    num = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    header = " | ".join(f"first >= {t} / stays >= {t}" for t in thresholds)
+    print(f"| arm | seed | {header} | mean pass@1 over budget | mean pass@1 over {steps} steps | final pass@1 "
+          "| s / step | peak RSS GB |")
+    print("|---|---|" + "---|" * (len(thresholds) + 5))
     means = {}
     for arm, by_seed in runs.items():
-        rows = {seed: summarize(run, args.thresholds, args.budget) for seed, run in by_seed.items()}
-        for seed, s in rows.items():
-            cells = " | ".join(f"{fmt(s['first'][t])} / {fmt(s['stays'][t])}" for t in args.thresholds)
-            print(f"| {arm} | {seed} | {cells} | {s['mean_pass@1']:.3f} | {s['final_pass@1']:.3f} | "
-                  f"{s['s_per_step']:.2f} | {s['peak_rss_gb']:.2f} |")
-        n = len(rows)
-        means[arm] = {k: sum(s[k] for s in rows.values()) / n
-                      for k in ("mean_pass@1", "final_pass@1", "s_per_step", "peak_rss_gb")}
-        print(f"| {arm} | mean | {' | ' * (len(args.thresholds) - 1)} | {means[arm]['mean_pass@1']:.3f} | {means[arm]['final_pass@1']:.3f} | "
-              f"{means[arm]['s_per_step']:.2f} | {means[arm]['peak_rss_gb']:.2f} |")
-    if len(means) == 2:
+        rows = {seed: summarize(run, thresholds, budget, steps) for seed, run in by_seed.items()}
+        for seed, r in rows.items():
+            cells = " | ".join(f"{fmt(r['first'][t])} / {fmt(r['stays'][t])}" for t in thresholds)
+            print(f"| {arm} | {seed} | {cells} | {r['mean_pass@1']:.3f} | {num(r['mean_pass@1_steps'])} | "
+                  f"{r['final_pass@1']:.3f} | {r['s_per_step']:.2f} | {r['peak_rss_gb']:.2f} |")
+        means[arm] = m = {k: statistics.mean(r[k] for r in rows.values())
+                          for k in ("mean_pass@1", "final_pass@1", "s_per_step", "peak_rss_gb")}
+        by_step = [r["mean_pass@1_steps"] for r in rows.values()]
+        m["mean_pass@1_steps"] = None if None in by_step else statistics.mean(by_step)
+        cells = " | ".join(f"{mean_time([r['first'][t] for r in rows.values()], budget)} / "
+                           f"{mean_time([r['stays'][t] for r in rows.values()], budget)}" for t in thresholds)
+        print(f"| **{arm}** | **mean** | {cells} | **{m['mean_pass@1']:.3f}** | {num(m['mean_pass@1_steps'])} | "
+              f"{m['final_pass@1']:.3f} | {m['s_per_step']:.2f} | {m['peak_rss_gb']:.2f} |")
+    if "longrl" in means and "trl" in means:
         a, b = means["longrl"], means["trl"]
-        print(f"\nlongrl / TRL: mean pass@1 {a['mean_pass@1'] / b['mean_pass@1']:.2f}x, s per step "
+        print(f"\nlongrl / TRL: mean pass@1 over the budget {a['mean_pass@1'] / b['mean_pass@1']:.2f}x, s per step "
               f"{a['s_per_step'] / b['s_per_step']:.2f}x, peak memory {a['peak_rss_gb'] / b['peak_rss_gb']:.2f}x")
 
 

@@ -93,9 +93,11 @@ def cmd_sft(argv: list[str]) -> int:
 def cmd_eval(argv: list[str]) -> int:
     from longrl.data.sources import load_sources
     from longrl.evaluate import evaluate
+    from longrl.loop import check_images
     from longrl.models import load_policy
     from longrl.rewards.registry import eval_rewards
     from longrl.rollout.engine import make_engine
+    from longrl.vision import vision_inputs_for
 
     parser = _config_parser("longrl eval", RunConfig, "Evaluate a model on `data.eval`, scored by the `reward` "
                             "section: pass@1 over n samples, pass@k, mean tokens.")
@@ -104,23 +106,32 @@ def cmd_eval(argv: list[str]) -> int:
     path, overrides = _split_config_arg(args)
     config = load_config(RunConfig, path, overrides)
     model, tokenizer = load_policy(args.model, config.model.dtype)
-    engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
+    vision = vision_inputs_for(model, args.model)  # a vision-language model's processor, from the directory
     prompts = load_sources(config.data.eval, config.data.on_error, config.world)
-    metrics = evaluate(engine, tokenizer, prompts, eval_rewards(config.reward, config.eval.reward), config.eval)
+    check_images(prompts, vision, args.model, config.rollout.engine)
+    engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
+    metrics = evaluate(engine, tokenizer, prompts, eval_rewards(config.reward, config.eval.reward), config.eval,
+                       vision=vision)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_init(argv: list[str]) -> int:
     from longrl.tiny import save_tiny_model
+    from longrl.vision import save_tiny_vlm
 
     parser = _config_parser("longrl init", TinyModelConfig,
-                            "Build the character tokenizer and a tiny random model as a HF model directory.")
+                            "Build the character tokenizer and a tiny random model as a HF model directory "
+                            "(vision=true: a tiny Qwen2-VL and its processor).")
     parser.add_argument("--out", required=True, help="directory to write")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_intermixed_args(argv)
     path, overrides = _split_config_arg(args)
-    out = save_tiny_model(load_config(TinyModelConfig, path, overrides), args.out, args.seed)
+    config = load_config(TinyModelConfig, path, overrides)
+    if config.vision:
+        out = save_tiny_vlm(args.out, args.seed, config, vision_depth=config.vision_depth, vision_dim=config.vision_dim)
+    else:
+        out = save_tiny_model(config, args.out, args.seed)
     print(f"tiny model written to {out}")
     return 0
 

@@ -17,6 +17,7 @@ from longrl.config import EvalConfig
 from longrl.rewards.score import Rewards, score
 from longrl.rollout.sample import sample
 from longrl.types import Prompt, SamplingParams
+from longrl.vision import VisionInputs, vision_inputs_for
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -29,16 +30,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate(engine, tokenizer, prompts: Sequence[Prompt], rewards: Rewards, config: EvalConfig,
-             correct_threshold: float = 1.0) -> dict[str, float]:
+             correct_threshold: float = 1.0, vision: VisionInputs | None = None) -> dict[str, float]:
     """Sample `config.n_samples` responses per prompt and score them; flat `eval/...` metrics.
 
-    A response counts as correct when its total reward reaches `correct_threshold`.
+    A response counts as correct when its total reward reaches `correct_threshold`. Prompts with
+    images need `vision`, the policy's `VisionInputs` (`rollout/sample.py`).
     """
     prompts = list(prompts)[: config.num_prompts]
     n = config.n_samples
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens)
-    trajectories, rollout = sample(engine, tokenizer, prompts, n, params)
+    trajectories, rollout = sample(engine, tokenizer, prompts, n, params, vision=vision)
     score(trajectories, rewards)
     correct = [t.reward >= correct_threshold for t in trajectories]
     metrics = {
@@ -76,6 +78,6 @@ def token_efficiency(checkpoints: Mapping[str, str | Path], prompts: Sequence[Pr
     for name, path in checkpoints.items():
         model, tokenizer = load_policy(path, dtype)
         engine = HFEngine(model, tokenizer, batch_size=batch_size, seed=seed)
-        metrics = evaluate(engine, tokenizer, prompts, rewards, config)
+        metrics = evaluate(engine, tokenizer, prompts, rewards, config, vision=vision_inputs_for(model, path))
         rows.append(EfficiencyRow(name, metrics["eval/pass@1"], metrics["eval/mean_tokens"]))
     return rows

@@ -10,6 +10,12 @@ same methods on Ray actors (`longrl.cluster`: an engine pool, reward actors, a t
 a weight sync to every engine); `iteration` is the same code either way. The run directory holds
 everything a resumed run needs: `config.toml`, `metrics.jsonl`, TensorBoard events, `samples/`,
 `checkpoints/<iter>/` and, at the end, the final model in `final/`.
+
+A vision-language policy (a model directory with a vision tower and a `preprocessor_config.json`,
+`longrl.vision`, docs/vision.md) brings its processor: one `VisionInputs` encodes each image
+prompt once for the rollout, the trainer and evaluation, the weight-sync probe holds an image,
+and checkpoints and `final/` carry the processor's files, so `longrl eval` and a resume need
+only the directory. Prompts with images are checked at set-up (`check_images`).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from longrl.buffer import ReplayBuffer
 from longrl.config import RunConfig, config_to_dict, dump_toml, load_config
 from longrl.data.sources import load_sources
 from longrl.device import resolve_device
-from longrl.errors import LongrlError
+from longrl.errors import ConfigError, LongrlError, ModelError
 from longrl.evaluate import evaluate
 from longrl.logger import ProgressBar, run_sinks
 from longrl.lora import with_lora
@@ -42,6 +48,7 @@ from longrl.rollout.sample import sample
 from longrl.sampler import Sampler, make_sampler
 from longrl.trainer import Trainer
 from longrl.types import Prompt, SamplingParams, Trajectory
+from longrl.vision import VisionInputs, vision_inputs_for
 from longrl.weight_sync import WeightSync, sync_tolerance
 
 
@@ -88,6 +95,13 @@ class Run:
     iteration: int = 0
     cluster: object | None = None  # the `cluster.Cluster` whose actors this run holds
     eval_rewards: dict | None = None  # `eval.reward` when set; None: `rewards` score evaluations too
+    vision: VisionInputs | None = None  # a vision-language policy's prompt encoder (its processor); None: text
+
+    @property
+    def saved_with_model(self):
+        """What `save_pretrained` writes beside the weights: the processor (image processor and
+        tokenizer) of a vision-language policy, else the tokenizer."""
+        return self.tokenizer if self.vision is None else self.vision.processor
 
 
 def close(run: Run) -> None:
@@ -104,6 +118,26 @@ def prompt_sets(config: RunConfig) -> tuple[list[Prompt], list[Prompt]]:
             load_sources(data.eval, data.on_error, config.world))
 
 
+def check_images(prompts: list[Prompt], vision: VisionInputs | None, model_path: str, engine: str,
+                 cluster: bool = False) -> None:
+    """A clear error, at set-up, for prompts with images that a job cannot take: a text-only
+    model, the vLLM engine (`engine`), or the cluster (not supported with images yet, docs/vision.md)."""
+    first = next((p for p in prompts if p.images), None)
+    if first is None:
+        return
+    where = f"prompt {first.id!r} (source {first.source!r}) has {len(first.images)} image(s)"
+    if cluster:
+        raise ConfigError(f"{where}, but cluster.enabled: the FSDP2 trainer group does not take images yet; "
+                          "set cluster.enabled = false (one process) for a vision-language run")
+    if engine == "vllm":
+        raise ConfigError(f"{where}, but rollout.engine = \"vllm\" does not take images yet; set "
+                          "rollout.engine = \"hf\"")
+    if vision is None:
+        raise ModelError(f"{where}, but model {model_path!r} has no vision tower: use a vision-language model "
+                         "(e.g. Qwen2-VL; `longrl sft configs/vision_sft.toml` trains a tiny one) or data "
+                         "without images")
+
+
 def setup(config: RunConfig, model_path: str | None = None) -> Run:
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -112,20 +146,24 @@ def setup(config: RunConfig, model_path: str | None = None) -> Run:
     run_dir = Path(config.out_dir) / config.name
     if config.cluster.enabled:
         return setup_on_cluster(config, str(model_path or config.model.path), run_dir)
-    model, tokenizer = load_policy(model_path or config.model.path, config.model.dtype)
+    path = str(model_path or config.model.path)
+    model, tokenizer = load_policy(path, config.model.dtype)
+    vision = vision_inputs_for(model, path)
+    train_pool, eval_prompts = prompt_sets(config)
+    check_images(train_pool + eval_prompts, vision, path, config.rollout.engine)
     device = resolve_device(config.train.device)
     model = model.to(device)  # the colocated engine copies the weights from here, on the same device
     engine = make_engine(config.rollout, model, tokenizer, seed=config.seed)
     model = with_lora(model, config.model)  # after the engine's copy: the engine holds a plain model
     trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
                       temperature=config.rollout.temperature, seed=config.seed, device=device,
-                      dtype=config.model.dtype)
-    train_pool, eval_prompts = prompt_sets(config)
+                      dtype=config.model.dtype, vision=vision)
     rewards = build_rewards(config.reward)
     tolerance = sync_tolerance(config.rollout.sync_check_tolerance, config.model.dtype)
-    sync = WeightSync(trainer.model, engine, tokenizer, tolerance=tolerance)
+    sync = WeightSync(trainer.model, engine, tokenizer, tolerance=tolerance,
+                      processor=None if vision is None else vision.processor)
     return Run(config, run_dir, tokenizer, trainer, engine, make_sampler(config.sampler, train_pool, config.seed),
-               ReplayBuffer(config.partial.max_unfinished), rewards, eval_prompts, sync)
+               ReplayBuffer(config.partial.max_unfinished), rewards, eval_prompts, sync, vision=vision)
 
 
 def setup_on_cluster(config: RunConfig, model_path: str, run_dir: Path) -> Run:
@@ -135,6 +173,7 @@ def setup_on_cluster(config: RunConfig, model_path: str, run_dir: Path) -> Run:
 
     tokenizer = load_tokenizer(model_path)
     train_pool, eval_prompts = prompt_sets(config)
+    check_images(train_pool + eval_prompts, None, model_path, config.rollout.engine, cluster=True)
     cluster = setup_cluster(config, model_path, tokenizer)
     rewards = cluster.rewards if cluster.rewards is not None else build_rewards(config.reward)
     return Run(config, run_dir, tokenizer, cluster.trainer, cluster.engine,
@@ -155,7 +194,7 @@ def save_checkpoint(run: Run) -> Path:
 
     def write(path: Path) -> None:
         # through the trainer, which gathers a sharded model (a trainer group, FSDP2) before writing
-        run.trainer.save_pretrained(path, run.tokenizer)
+        run.trainer.save_pretrained(path, run.saved_with_model)
         optimizer = None
         if run.config.train.optimizer_reset != "all":  # model and optimizer, sharded, in path/state
             run.trainer.save_state(path / "state")
@@ -222,11 +261,11 @@ def iteration(run: Run) -> dict[str, float]:
         trajectories, metrics = partial_rollout(
             run.engine, run.tokenizer, lambda prompt: encode_prompt(run.tokenizer, prompt), run.buffer,
             run.sampler.sample, c.partial, c.rollout.prompts_per_iter, k, params, version=run.iteration,
-            on_finished=start_scoring)
+            on_finished=start_scoring, vision=run.vision)
     else:
         prompts = run.sampler.sample(c.rollout.prompts_per_iter)
         trajectories, metrics = sample(run.engine, run.tokenizer, prompts, k, params, version=run.iteration,
-                                       on_finished=start_scoring)
+                                       on_finished=start_scoring, vision=run.vision)
     metrics |= score(trajectories, run.rewards)
     metrics |= run.sampler.update(trajectories)  # success rates from the task reward, before shaping
     weight = length_weight(run.iteration, c.reward.length_weight, c.reward.length_warmup)
@@ -254,7 +293,7 @@ def iteration(run: Run) -> dict[str, float]:
 def run_eval(run: Run) -> dict[str, float]:
     if run.eval_rewards is None:
         run.eval_rewards = eval_rewards(run.config.reward, run.config.eval.reward, run.rewards)
-    return evaluate(run.engine, run.tokenizer, run.eval_prompts, run.eval_rewards, run.config.eval)
+    return evaluate(run.engine, run.tokenizer, run.eval_prompts, run.eval_rewards, run.config.eval, vision=run.vision)
 
 
 def train(run: Run, show_progress: bool = True) -> dict[str, float]:
@@ -292,5 +331,5 @@ def train(run: Run, show_progress: bool = True) -> dict[str, float]:
     finally:
         for sink in (*sinks, progress):
             sink.close()
-    run.trainer.save_pretrained(run.dir / "final", run.tokenizer)
+    run.trainer.save_pretrained(run.dir / "final", run.saved_with_model)
     return summary

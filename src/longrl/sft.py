@@ -11,6 +11,14 @@ Examples come from the `data.train` sources:
   `messages` list whose last message is the assistant's answer (for instance the shortest
   correct samples that `longrl shortest-rs` keeps, SPEC §7).
 The model is evaluated on `data.eval`, scored by the `reward` section.
+
+Images (`longrl.vision`, docs/vision.md): with `tiny.vision` (and no `model.path`) the model is a
+tiny Qwen2-VL with its processor; `model.path` may also name a vision-language model directory.
+An example whose prompt has images (the world's add_img, count_img, text_img) is not packed: it
+takes a row of its own, right-padded, and its log-probs come from `vision.vision_logprobs` with
+its image inputs; the loss is the same mean over the trace tokens of all examples of the step,
+which draws examples up to `rows_per_step` x `row_tokens` tokens whatever their kind.
+Evaluation samples with the images, and `final/` holds the processor's files beside the model.
 """
 
 from __future__ import annotations
@@ -30,8 +38,12 @@ from longrl.models import encode_prompt, load_model, load_tokenizer, token_logpr
 from longrl.rewards.registry import build_rewards
 from longrl.rollout.engine import HFEngine
 from longrl.tiny import build_char_tokenizer, build_tiny_model
-from longrl.trainer import pack
+from longrl.trainer import one_per_row, pack
 from longrl.types import Prompt
+from longrl.vision import (MultiModal, VisionInputs, build_tiny_processor, build_tiny_vlm, build_vision_tokenizer,
+                           require_vision, vision_inputs_for, vision_logprobs)
+
+Example = tuple[list[int], list[float], MultiModal | None]  # token ids, loss mask, image inputs (None: text)
 
 
 def sft_example(tokenizer, prompt: Prompt, direct: bool = False) -> tuple[list[int], list[float]]:
@@ -66,15 +78,50 @@ def load_sft_rows(path: str | Path) -> list[tuple[str | list[dict], str]]:
 
 def text_example(tokenizer, prompt: str | list[dict], response: str) -> tuple[list[int], list[float]]:
     """(token ids, loss mask) of a chat-formatted prompt + response + end token; the mask is 1 on the response."""
-    prompt_ids = encode_prompt(tokenizer, prompt)
+    return response_example(tokenizer, encode_prompt(tokenizer, prompt), response)
+
+
+def response_example(tokenizer, prompt_ids: list[int], response: str) -> tuple[list[int], list[float]]:
+    """(token ids, loss mask) of encoded prompt + response + end token; the mask is 1 on the response."""
     response_ids = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     return prompt_ids + response_ids, [0.0] * len(prompt_ids) + [1.0] * len(response_ids)
+
+
+def world_example(tokenizer, prompt: Prompt, direct: bool = False, vision: VisionInputs | None = None) -> Example:
+    """`sft_example` of a world prompt with its image inputs: a prompt with images is encoded by
+    `vision` (its placeholders expanded, `VisionInputs.encode`), a text prompt as `sft_example`."""
+    if not prompt.images:
+        return (*sft_example(tokenizer, prompt, direct), None)
+    require_vision(prompt, vision)
+    prompt_ids, mm = vision.encode(prompt)
+    return (*response_example(tokenizer, prompt_ids, prompt.meta["direct" if direct else "trace"]), mm)
 
 
 def sft_loss(model, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of the masked tokens of packed rows [B, T]."""
     logp = token_logprobs(model, ids, positions)  # [B, T]
     return -(logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def step_loss(model, examples: list[Example], row_tokens: int, pad_id: int) -> torch.Tensor:
+    """Mean negative log-likelihood of the masked tokens of one step's `examples`: text ones
+    packed into rows of `row_tokens` (`sft_loss`), those with images one per row, right-padded,
+    through `vision_logprobs`."""
+    text = [e for e in examples if e[2] is None]
+    images = [e for e in examples if e[2] is not None]
+    if not images:
+        rows = pack([e[0] for e in text], [[e[1] for e in text]], row_tokens, pad_id)
+        return sft_loss(model, rows.input_ids, rows.position_ids, rows.values[0])
+    total, count = 0.0, 0.0
+    if text:
+        rows = pack([e[0] for e in text], [[e[1] for e in text]], row_tokens, pad_id)
+        mask = rows.values[0]  # [B, T]
+        total, count = (token_logprobs(model, rows.input_ids, rows.position_ids) * mask).sum(), mask.sum()
+    rows = one_per_row([e[0] for e in images], [[e[1] for e in images]], pad_id)
+    mask = rows.values[0]  # [b, T]
+    logp, _ = vision_logprobs(model, rows.input_ids, [e[2] for e in images], (rows.seq_ids >= 0).long(),
+                              prompt_lens=[e[1].index(1.0) for e in images])  # [b, T]
+    return -(total + (logp * mask).sum()) / (count + mask.sum()).clamp(min=1)
 
 
 def lr_at(step: int, config: SFTConfig) -> float:
@@ -85,24 +132,33 @@ def lr_at(step: int, config: SFTConfig) -> float:
 
 
 def _initial_model(config: SFTConfig):
+    """(model, tokenizer, `VisionInputs` or None): `model.path`'s, or a tiny model of the [tiny]
+    section, a tiny Qwen2-VL with its processor when `tiny.vision`."""
     if config.model.path:
-        return load_model(config.model.path, config.model.dtype), load_tokenizer(config.model.path)
+        model = load_model(config.model.path, config.model.dtype)
+        return model, load_tokenizer(config.model.path), vision_inputs_for(model, config.model.path)
+    if config.tiny.vision:
+        tokenizer = build_vision_tokenizer()
+        model = build_tiny_vlm(tokenizer, config.tiny, config.seed, vision_depth=config.tiny.vision_depth,
+                               vision_dim=config.tiny.vision_dim)
+        return model, tokenizer, VisionInputs(build_tiny_processor(tokenizer, model.config.vision_config.patch_size))
     tokenizer = build_char_tokenizer()
-    return build_tiny_model(config.tiny, tokenizer, seed=config.seed), tokenizer
+    return build_tiny_model(config.tiny, tokenizer, seed=config.seed), tokenizer, None
 
 
-def example_source(config: SFTConfig, tokenizer, rng: random.Random):
-    """A function drawing one random (ids, mask) example from the `data.train` sources."""
+def example_source(config: SFTConfig, tokenizer, rng: random.Random, vision: VisionInputs | None = None):
+    """A function drawing one random (ids, mask, image inputs or None) example from the
+    `data.train` sources; prompts with images need `vision`."""
     draws = []
     for spec in config.data.train:
         parsed = parse_spec(spec)
         if parsed.kind == "world":
             pool = load_sources([spec], config.data.on_error, config.world)
-            draws.append(lambda pool=pool: sft_example(tokenizer, rng.choice(pool),
-                                                       rng.random() < config.world.direct_fraction))
+            draws.append(lambda pool=pool: world_example(tokenizer, rng.choice(pool),
+                                                         rng.random() < config.world.direct_fraction, vision))
         elif parsed.kind == "jsonl":
             rows = load_sft_rows(parsed.target)
-            draws.append(lambda rows=rows: text_example(tokenizer, *rng.choice(rows)))
+            draws.append(lambda rows=rows: (*text_example(tokenizer, *rng.choice(rows)), None))
         else:
             raise DataError(f"data.train source {spec!r}: SFT needs responses; give `world` or a JSONL "
                             "file of prompt/response (or messages) rows")
@@ -126,9 +182,11 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     from tqdm import tqdm
 
     run_dir = start_job(config)
-    model, tokenizer = _initial_model(config)
-    draw = example_source(config, tokenizer, random.Random(config.seed))
+    model, tokenizer, vision = _initial_model(config)
+    draw = example_source(config, tokenizer, random.Random(config.seed), vision)
     eval_prompts = load_sources(config.data.eval, config.data.on_error, config.world)
+    for prompt in eval_prompts:  # before training: a prompt with images needs a vision-language model
+        require_vision(prompt, vision)
     rewards = build_rewards(config.reward)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     log = (run_dir / "metrics.jsonl").open("w")
@@ -138,14 +196,11 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     for step in bar:
         examples, budget = [], config.rows_per_step * config.row_tokens
         while budget > 0:
-            ids, mask = draw()
-            examples.append((ids, mask))
-            budget -= len(ids)
-        rows = pack([e[0] for e in examples], [[e[1] for e in examples]], config.row_tokens,
-                    tokenizer.pad_token_id)
+            examples.append(draw())
+            budget -= len(examples[-1][0])
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        loss = sft_loss(model, rows.input_ids, rows.position_ids, rows.values[0])
+        loss = step_loss(model, examples, config.row_tokens, tokenizer.pad_token_id)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -160,9 +215,9 @@ def run_sft(config: SFTConfig, show_progress: bool = True) -> dict[str, float]:
     log.close()
     model.eval()
     engine = HFEngine(model, tokenizer, batch_size=256, seed=config.seed)
-    metrics = evaluate(engine, tokenizer, eval_prompts, rewards, config.eval)
+    metrics = evaluate(engine, tokenizer, eval_prompts, rewards, config.eval, vision=vision)
     final = run_dir / "final"
     model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    (tokenizer if vision is None else vision.processor).save_pretrained(final)  # a processor: its tokenizer too
     (run_dir / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

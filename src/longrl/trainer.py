@@ -3,11 +3,13 @@
 Per iteration, over the scored trajectories of the rollout phase:
 1. advantages a_j = r_j − τ log Z are computed once per group of k samples (`losses.py`);
 2. the optimizer is reset (the reference policy π_θi just changed, SPEC §3): `optimizer_reset`
-   `all` builds a new AdamW; `first_moment` zeroes its momentum only, keeping the second moment
-   and the step count (a deviation: Adam's first step from a fresh state moves every parameter
-   by about ±lr whatever its gradient, while with the old second moment and no momentum the
-   first step is (1 − β1) of the usual size and the next ones grow back, a warm-up inside each
-   iteration); `none` keeps the whole state (one optimizer for the run);
+   `first_moment` (the default) zeroes its momentum only, keeping the second moment and the step
+   count; `all` builds a new AdamW (SPEC §3 as written); `none` keeps the whole state (one
+   optimizer for the run). The default is a deviation, chosen on the study in docs/rl.md: Adam's
+   first step from a fresh state moves every parameter by about ±lr whatever its gradient (the
+   learning curve dips after it), while with the old second moment and no momentum the first
+   step is (1 − β1) of the usual size and the next ones grow back, a warm-up inside each
+   iteration, and no momentum carries over from the previous reference policy;
 3. for `epochs` passes, the sequences are shuffled and split into mini-batches of
    `mini_batch_size`; each mini-batch is packed into rows of `row_tokens` tokens and takes one
    optimizer step. Rows are processed in micro-batches (gradient accumulation) to bound memory:
@@ -35,6 +37,14 @@ fewer micro-batches runs empty ones (one row of padding, no loss token) until al
 many. Metrics are reduced over ranks: every rank returns the same dict, and the same values as
 one process (sequence means, token means, maxima, the global gradient norm).
 
+Images (vision-language policies, `longrl.vision`): a trajectory whose prompt has images is not
+packed. It takes a row of its own after the packed text rows, right-padded, and its log-probs
+come from `vision.vision_logprobs` with its prompt's image inputs (from the `VisionInputs` the
+trainer is given, shared with the rollout) and an attention mask; a micro-batch holds text rows
+or image rows, never both. The loss, its token weights and its normalisation are the same for
+both kinds of row. Batches with no image keep the packed path unchanged. Not supported yet:
+images in an FSDP2 group (`distributed=True`), which raises.
+
 Shape legend: B packed rows, T tokens per row, N sequences.
 """
 
@@ -52,11 +62,13 @@ import torch
 from longrl import distributed as group
 from longrl.config import LossConfig, TrainConfig
 from longrl.device import attention_implementation, autocast, compute_dtype
+from longrl.errors import ModelError
 from longrl.logprobs import policy_logprobs, supports_chunked
 from longrl.lora import lora_scale, merged_state_dict
 from longrl.losses import advantages_for, loss_for
 from longrl.models import token_logprobs
 from longrl.types import TrainBatch, Trajectory
+from longrl.vision import MultiModal, VisionInputs, require_vision, vision_logprobs
 
 
 @dataclass
@@ -102,13 +114,51 @@ def pack(sequences: Sequence[list[int]], per_token: Sequence[Sequence[list[float
     return PackedRows(input_ids, position_ids, values, seq_ids)
 
 
+def one_per_row(sequences: Sequence[list[int]], per_token: Sequence[Sequence[list[float]]],
+                pad_id: int) -> PackedRows:
+    """Each sequence in a row of its own, right-padded (sequences with images: `vision_logprobs`
+    takes one per row). Padding has seq_id -1; `per_token` as in `pack`."""
+    B, T = len(sequences), max(len(s) for s in sequences)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    seq_ids = torch.full((B, T), -1, dtype=torch.long)
+    values = [torch.zeros((B, T)) for _ in per_token]
+    for j, seq in enumerate(sequences):
+        n = len(seq)
+        input_ids[j, :n] = torch.tensor(seq)
+        seq_ids[j, :n] = j
+        for value, source in zip(values, per_token):
+            value[j, :n] = torch.tensor(source[j], dtype=torch.float32)
+    return PackedRows(input_ids, torch.arange(T).expand(B, T).clone(), values, seq_ids)
+
+
+def _rows_of(indices: list[int], sequences, per_token, layout) -> PackedRows:
+    """`layout(sequences, per_token)` of the sequences `indices`, their seq_ids the indices themselves."""
+    rows = layout([sequences[j] for j in indices], [[v[j] for j in indices] for v in per_token])
+    index = torch.tensor(indices)
+    rows.seq_ids = torch.where(rows.seq_ids >= 0, index[rows.seq_ids.clamp(min=0)], -1)
+    return rows
+
+
+def _stacked(parts: Sequence[PackedRows], pad_id: int) -> PackedRows:
+    """The rows of `parts`, one after another, right-padded to the widest (padding: seq_id -1)."""
+    T = max(p.input_ids.shape[1] for p in parts)
+    widen = lambda x, fill: torch.nn.functional.pad(x, (0, T - x.shape[1]), value=fill)  # noqa: E731  [b, T]
+    return PackedRows(torch.cat([widen(p.input_ids, pad_id) for p in parts]),
+                      torch.cat([widen(p.position_ids, 0) for p in parts]),
+                      [torch.cat([widen(p.values[k], 0.0) for p in parts]) for k in range(len(parts[0].values))],
+                      torch.cat([widen(p.seq_ids, -1) for p in parts]))
+
+
 def build_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tensor,
                       row_tokens: int, pad_id: int,
-                      response_weights: Sequence[list[float]] | None = None) -> TrainBatch:
+                      response_weights: Sequence[list[float]] | None = None,
+                      mm: Sequence[MultiModal | None] | None = None) -> TrainBatch:
     """Pack prompt + response of each trajectory; only response tokens enter the loss.
 
     `response_weights[j]`, optional, is a loss weight per response token of trajectory j; a
     weight of 0 puts the token outside the loss mask (partial rollouts, `rollout/partial.py`).
+    `mm[j]`, optional, is the image inputs of trajectory j's prompt (None for a text prompt):
+    such trajectories go one per row after the packed text rows (`TrainBatch`).
     """
     sequences, masks, old, weights = [], [], [], []
     for j, t in enumerate(trajectories):
@@ -119,13 +169,27 @@ def build_train_batch(trajectories: Sequence[Trajectory], advantages: torch.Tens
         old.append([0.0] * n_prompt + t.response_logprobs)
         weights.append([0.0] * n_prompt + w)
     per_token = [masks, old] if response_weights is None else [masks, old, weights]
-    rows = pack(sequences, per_token, row_tokens, pad_id)
+    images = [j for j, m in enumerate(mm or []) if m is not None]
+    if images:
+        text = [j for j, m in enumerate(mm) if m is None]
+        parts = [_rows_of(text, sequences, per_token, lambda s, v: pack(s, v, row_tokens, pad_id))] if text else []
+        rows = _stacked(parts + [_rows_of(images, sequences, per_token, lambda s, v: one_per_row(s, v, pad_id))],
+                        pad_id)
+    else:
+        rows = pack(sequences, per_token, row_tokens, pad_id)
     loss_mask, old_logprobs = rows.values[:2]
     seq_ids = torch.where(loss_mask > 0, rows.seq_ids, -1)
     rewards = torch.tensor([float(t.reward) for t in trajectories])
     token_weights = rows.values[2] if response_weights is not None else None
-    return TrainBatch(rows.input_ids, rows.position_ids, loss_mask, old_logprobs, seq_ids,
-                      advantages, rewards, len(trajectories), token_weights)
+    batch = TrainBatch(rows.input_ids, rows.position_ids, loss_mask, old_logprobs, seq_ids,
+                       advantages, rewards, len(trajectories), token_weights)
+    if images:  # the image rows are the last len(images) rows
+        n_text = rows.input_ids.shape[0] - len(images)
+        batch.mm = [None] * n_text + [mm[j] for j in images]
+        batch.prompt_lens = [0] * n_text + [len(trajectories[j].prompt_ids) for j in images]
+        batch.attention_mask = (rows.seq_ids >= 0).long()  # [B, T]
+        batch.attention_mask[:n_text] = 0
+    return batch
 
 
 def micro_batches(row_lengths: Sequence[int], max_tokens: int = 0, max_rows: int = 0) -> list[range]:
@@ -227,7 +291,8 @@ class Trainer:
 
     def __init__(self, model, train: TrainConfig, loss: LossConfig, pad_id: int,
                  temperature: float = 1.0, seed: int = 0, device: torch.device | str | None = None,
-                 dtype: str = "float32", distributed: bool = False, cpu_offload: bool = False):
+                 dtype: str = "float32", distributed: bool = False, cpu_offload: bool = False,
+                 vision: VisionInputs | None = None):
         """`device`: where to train (None: where the model is); `dtype`: `model.dtype`, the compute
         precision. The model is moved there and its weights become float32 masters (device.py).
 
@@ -235,8 +300,12 @@ class Trainer:
         init_group`), shard the policy with FSDP2 over all its ranks; every rank then builds its
         Trainer with the same arguments (and `seed`) and calls each public method in the same
         order. `cpu_offload`: FSDP2 keeps shards and optimizer state in CPU memory (only with a
-        group)."""
+        group).
+
+        `vision`: the image inputs of prompts with images (the `VisionInputs` of the policy's
+        processor, shared with the rollout); needed only when trajectories have images."""
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.vision = vision
         self.compute_dtype = compute_dtype(dtype)
         self.model = model.to(self.device, dtype=torch.float32)
         self.config, self.loss_config = train, loss
@@ -279,22 +348,47 @@ class Trainer:
         """Maxima over the ranks (the values themselves in one process)."""
         return group.all_reduce_max(values) if self.distributed else dict(values)
 
-    def _micro_batches(self, used: torch.Tensor) -> list[tuple[slice, int]]:
-        """(rows, width) of each micro-batch of packed rows; `used` [B, T] marks tokens that matter."""
+    def _micro_batches(self, used: torch.Tensor, split: int | None = None) -> list[tuple[slice, int]]:
+        """(rows, width) of each micro-batch of packed rows; `used` [B, T] marks tokens that matter.
+        With `split`, rows before it and rows from it on never share a micro-batch (text rows,
+        then image rows)."""
         lengths = row_lengths(used)
-        groups = micro_batches(lengths, self.config.max_tokens_per_micro_batch, self.config.micro_batch_rows)
-        return [(slice(g.start, g.stop), max(lengths[g.start:g.stop])) for g in groups]
+        if split is None:
+            groups = micro_batches(lengths, self.config.max_tokens_per_micro_batch, self.config.micro_batch_rows)
+            return [(slice(g.start, g.stop), max(lengths[g.start:g.stop])) for g in groups]
+        out, c = [], self.config
+        for lo, hi in ((0, split), (split, len(lengths))):
+            for g in micro_batches(lengths[lo:hi], c.max_tokens_per_micro_batch, c.micro_batch_rows):
+                out.append((slice(lo + g.start, lo + g.stop), max(lengths[lo + g.start:lo + g.stop])))
+        return out
+
+    def _image_inputs(self, trajectories: Sequence[Trajectory]) -> list[MultiModal | None] | None:
+        """Each trajectory's image inputs (None for a text prompt); None when none has images."""
+        if not any(t.prompt.images for t in trajectories):
+            return None
+        if self.distributed:
+            raise ModelError("trajectories with images in an FSDP2 trainer group: not supported yet (the group's "
+                             "root forward does not take images); train a vision-language policy in one process "
+                             "(cluster.enabled = false)")
+        for t in trajectories:
+            require_vision(t.prompt, self.vision)
+        return [self.vision.mm(t.prompt) if t.prompt.images else None for t in trajectories]
 
     def _rounds(self, local: int) -> int:
         """Forward passes every rank runs: the most any rank needs. FSDP2 gathers each unit's
         shards in every forward, a collective, so a rank with fewer passes runs empty ones."""
         return int(self._reduce_max({"n": local})["n"])
 
-    def _logprobs(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                  with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token log-probs [b, T] (and entropies [b, T] when asked and chunking applies)."""
+    def _logprobs(self, input_ids: torch.Tensor, position_ids: torch.Tensor, with_entropy: bool = False,
+                  vision: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs [b, T] (and entropies [b, T] when asked and chunking applies).
+        Image rows give `vision` = (image inputs per row, attention mask [b, T], prompt lengths)."""
         with autocast(self.device, self.compute_dtype):
-            return self.policy(input_ids.to(self.device), position_ids.to(self.device), with_entropy)
+            if vision is None:
+                return self.policy(input_ids.to(self.device), position_ids.to(self.device), with_entropy)
+            mms, mask, prompt_lens = vision
+            return vision_logprobs(self.model, input_ids.to(self.device), mms, mask.to(self.device), prompt_lens,
+                                   self.temperature, self.config.logprob_chunk_tokens, with_entropy)
 
     def _empty_inputs(self) -> dict:
         """A micro-batch of one row of two padding tokens and no loss token: it takes part in the
@@ -305,18 +399,23 @@ class Trainer:
                 "weights": None, "advantages": torch.zeros(1)}
 
     def _micro_inputs(self, batch: TrainBatch, rows: slice, width: int) -> dict:
-        """Rows `rows` of `batch`, cut to `width` tokens: [b, t] each, advantages [N]."""
+        """Rows `rows` of `batch`, cut to `width` tokens: [b, t] each, advantages [N]; image rows
+        also carry `vision` (see `_logprobs`)."""
         on = lambda x: None if x is None else x[rows, :width]  # noqa: E731  [b, t]
+        vision = None
+        if batch.mm is not None and batch.mm[rows.start] is not None:  # a micro-batch of image rows
+            vision = (batch.mm[rows], on(batch.attention_mask), batch.prompt_lens[rows])
         return {"ids": on(batch.input_ids), "positions": on(batch.position_ids), "old": on(batch.old_logprobs),
                 "mask": on(batch.loss_mask), "seq_ids": on(batch.seq_ids), "weights": on(batch.token_weights),
-                "advantages": batch.advantages}
+                "advantages": batch.advantages, "vision": vision}
 
     def _accumulate(self, inputs: dict, total: int) -> dict[str, float]:
         """Forward and backward of one micro-batch, its loss weighted by its share of the `total`
         sequences; returns its metrics as sums (weighted by its sequences or loss tokens)."""
         on = lambda x: None if x is None else x.to(self.device)  # noqa: E731
         old, mask, seq_ids, weights = (on(inputs[k]) for k in ("old", "mask", "seq_ids", "weights"))
-        logp, entropy = self._logprobs(inputs["ids"], inputs["positions"], with_entropy=True)  # [b, t] each
+        logp, entropy = self._logprobs(inputs["ids"], inputs["positions"], with_entropy=True,
+                                       vision=inputs.get("vision"))  # [b, t] each
         part = _count_sequences(seq_ids, mask)
         loss, m = loss_for(self.loss_config, logp, old, mask, seq_ids.clamp(min=0), on(inputs["advantages"]), weights)
         (loss * part / total).backward()
@@ -337,7 +436,7 @@ class Trainer:
         so that FSDP2's summed gradient is the one-process gradient of the whole mini-batch.
         """
         self.policy.train()
-        parts = [] if batch is None else self._micro_batches(batch.loss_mask > 0)
+        parts = [] if batch is None else self._batch_parts(batch)
         local = 0 if batch is None else _count_sequences(batch.seq_ids, batch.loss_mask)
         total = max(int(self._reduce_sum({"n": local})["n"]), 1)
         sums: dict[str, float] = {}
@@ -360,10 +459,48 @@ class Trainer:
         metrics["train/logprob_gap_max"] = gap
         return metrics
 
+    def _batch_parts(self, batch: TrainBatch) -> list[tuple[slice, int]]:
+        """Micro-batches of a batch: of its packed rows up to their last loss token, and of its
+        image rows over all their tokens (the prompt's image placeholders must stay whole)."""
+        if batch.mm is None:
+            return self._micro_batches(batch.loss_mask > 0)
+        used = (batch.loss_mask > 0) | batch.attention_mask.bool()  # [B, T]
+        return self._micro_batches(used, split=sum(m is None for m in batch.mm))
+
     @torch.no_grad()
     def _score(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
-        """Response log-probs of `trajectories` (this rank's share), one forward per micro-batch,
-        plus empty forwards up to the most any rank runs."""
+        """Response log-probs of `trajectories` (this rank's share): text ones packed, those with
+        images one per row (`_score_images`)."""
+        mms = self._image_inputs(trajectories)
+        if mms is None:
+            return self._score_packed(trajectories)
+        out: list[torch.Tensor | None] = [None] * len(trajectories)
+        for kind in (False, True):
+            chosen = [j for j, m in enumerate(mms) if (m is not None) == kind]
+            subset = [trajectories[j] for j in chosen]
+            scored = self._score_images(subset, [mms[j] for j in chosen]) if kind else self._score_packed(subset)
+            for j, value in zip(chosen, scored):
+                out[j] = value
+        return out  # type: ignore[return-value]
+
+    def _score_images(self, trajectories: Sequence[Trajectory], mms: Sequence[MultiModal]) -> list[torch.Tensor]:
+        """Response log-probs of trajectories with images, one sequence per row, in micro-batches."""
+        if not trajectories:
+            return []
+        rows = one_per_row([t.prompt_ids + t.response_ids for t in trajectories], [], self.pad_id)
+        mask = (rows.seq_ids >= 0).long()  # [B, T]
+        out = []
+        for chunk, width in self._micro_batches(mask.bool()):
+            part = trajectories[chunk]
+            vision = (list(mms[chunk]), mask[chunk, :width], [len(t.prompt_ids) for t in part])
+            logp = self._logprobs(rows.input_ids[chunk, :width], rows.position_ids[chunk, :width],
+                                  vision=vision)[0].float().cpu()  # [b, t]
+            out += [row[len(t.prompt_ids):len(t.prompt_ids) + t.num_response_tokens] for t, row in zip(part, logp)]
+        return out
+
+    def _score_packed(self, trajectories: Sequence[Trajectory]) -> list[torch.Tensor]:
+        """Response log-probs of text `trajectories` (this rank's share), one forward per
+        micro-batch of packed rows, plus empty forwards up to the most any rank runs."""
         parts: list[tuple[slice, int]] = []
         if trajectories:
             rows = pack([t.prompt_ids + t.response_ids for t in trajectories], [], self.config.row_tokens,
@@ -458,6 +595,7 @@ class Trainer:
         advantages, m = advantages_for(self.loss_config, rewards, group_indices(trajectories))
         metrics.update(m)
         order = list(range(len(trajectories)))
+        mms = self._image_inputs(trajectories)
         steps, sums, tokens = 0, {}, 0
         for epoch in range(c.epochs):
             self.rng.shuffle(order)  # the same order on every rank: same seed, same calls
@@ -465,8 +603,9 @@ class Trainer:
                 chosen = order[start_at:start_at + c.mini_batch_size]
                 mine = self._share(trajectories, chosen)
                 weights = None if response_weights is None else [response_weights[i] for i in mine]
+                mm = None if mms is None else [mms[i] for i in mine]
                 batch = build_train_batch([trajectories[i] for i in mine], advantages[mine], c.row_tokens,
-                                          self.pad_id, weights) if mine else None
+                                          self.pad_id, weights, mm) if mine else None
                 step_metrics = self.step(batch)
                 if steps == 0 and not c.recompute_old_logprobs:
                     # before the first update θ = θi: any gap is engine vs trainer numerics

@@ -128,6 +128,11 @@ class TrainBatch:
 
     Each sequence is prompt + response; several sequences share a row, separated by restarting
     `position_ids` (the model's attention then stays inside each sequence).
+
+    Sequences whose prompt has images (vision-language policies, `longrl.vision`) are not packed:
+    each has a row of its own after the packed text rows, right-padded, and goes through
+    `vision.vision_logprobs` with its image inputs `mm[b]`, `attention_mask` and `prompt_lens`.
+    A batch without images leaves these three None.
     """
 
     input_ids: torch.Tensor  # [B, T] long
@@ -139,3 +144,8 @@ class TrainBatch:
     rewards: torch.Tensor  # [N] float
     num_sequences: int
     token_weights: torch.Tensor | None = None  # [B, T] float loss weight per token; None = all 1
+    # per row: the image inputs {"pixel_values": [P, D], "image_grid_thw": [I, 3]} of an image row,
+    # None on a packed text row (text rows come first); None when no row has images
+    mm: list[dict[str, torch.Tensor] | None] | None = None
+    attention_mask: torch.Tensor | None = None  # [B, T] long, 1 on the tokens of image rows, 0 elsewhere
+    prompt_lens: list[int] | None = None  # per row: an image row's prompt tokens (its placeholders), 0 on text rows

@@ -146,14 +146,30 @@ def build_tiny_vlm(tokenizer, config=None, seed: int = 0, vision_depth: int = 1,
                                                          tie_word_embeddings=True, **ids))
 
 
-def build_tiny_processor(tokenizer, patch_size: int = 14, max_pixels: int = 112 * 112) -> VisionProcessor:
+# pixel normalisation of the tiny processor, per RGB channel: (x - mean) / std with x in [0, 1]
+INK_MEAN, INK_STD = [1.0, 1.0, 1.0], [0.5, 0.5, 0.5]  # white -> 0, black -> -2
+
+
+def build_tiny_processor(tokenizer, patch_size: int = 14, max_pixels: int = 112 * 112,
+                         image_mean: Sequence[float] = INK_MEAN, image_std: Sequence[float] = INK_STD
+                         ) -> VisionProcessor:
     """Qwen2-VL's image processor (the PIL one: no torchvision needed) with a small pixel budget:
-    an image is resized to at most `max_pixels` (a 112x112 image: 8x8 patches, 16 tokens)."""
+    an image is resized to at most `max_pixels` (a 112x112 image: 8x8 patches, 16 tokens).
+
+    Pixels are normalised so that white is 0 and black -2 (`INK_MEAN`, `INK_STD`), not with
+    Qwen2-VL's CLIP statistics, which put white at +1.9. The visual world's images are mostly
+    white: with white at 1.9 every blank patch feeds the same large input to the patch embedding
+    of a model trained from scratch, Adam's updates grow that constant feature, and the images'
+    content becomes a small part of what the text model sees. Measured, 150 SFT steps of
+    configs/vision_sft.toml: held-out pass@1 0.18 with CLIP's statistics, 0.33 with these
+    (count_img 0.40 -> 0.72).
+    """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     merge = 2
     image_processor = Qwen2VLImageProcessorPil(min_pixels=(patch_size * merge) ** 2, max_pixels=max_pixels,
-                                               patch_size=patch_size, merge_size=merge, temporal_patch_size=2)
+                                               patch_size=patch_size, merge_size=merge, temporal_patch_size=2,
+                                               image_mean=list(image_mean), image_std=list(image_std))
     return VisionProcessor(image_processor, tokenizer)
 
 
@@ -251,6 +267,12 @@ class VisionInputs:
 
     def mm(self, prompt: Prompt) -> MultiModal | None:
         return self.encode(prompt)[1] if prompt.images else None
+
+
+def vision_inputs_for(model, path: str | Path) -> VisionInputs | None:
+    """The `VisionInputs` of a vision-language `model` loaded from directory `path` (its
+    processor, `load_processor`); None for a text model."""
+    return VisionInputs(load_processor(path)) if is_vision_model(model) else None
 
 
 def require_vision(prompt: Prompt, vision: VisionInputs | None) -> None:

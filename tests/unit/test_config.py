@@ -120,7 +120,7 @@ SHIPPED = {  # every file in configs/ and the job that reads it
     "long2short_dpo": "DPOConfig", "long2short_rl": "RunConfig", "long2short_short": "SFTConfig",
     "long2short_shortest_rs": "ShortestRSConfig", "long_rl": "RunConfig", "long_sft": "SFTConfig",
     "curate_smollm2": "CurateConfig", "partial": "RunConfig", "rl_verbose": "RunConfig", "rm_label": "RMLabelConfig", "sft": "SFTConfig",
-    "sft_verbose": "SFTConfig", "smollm2_math": "RunConfig",
+    "sft_verbose": "SFTConfig", "smollm2_math": "RunConfig", "vision_rl": "RunConfig", "vision_sft": "SFTConfig",
 }
 
 

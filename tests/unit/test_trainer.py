@@ -108,7 +108,8 @@ def test_baseline_losses_train_toward_rewarded_samples(tiny_model_dir, kind):
 
 
 def test_optimizer_is_reset_every_iteration(tiny_model_dir):
-    trainer = Trainer(load_model(tiny_model_dir), TrainConfig(mini_batch_size=8), LossConfig(), pad_id=0)
+    trainer = Trainer(load_model(tiny_model_dir), TrainConfig(mini_batch_size=8, optimizer_reset="all"), LossConfig(),
+                      pad_id=0)
     trainer.train_iteration(_trajectories())
     first = trainer.optimizer
     assert len(first.state) > 0

@@ -42,6 +42,12 @@ class TinyModelConfig:
     num_heads: int = opt(4, "Attention heads (key/value heads are the same number).")
     intermediate_size: int = opt(512, "Hidden width of the MLP.")
     max_positions: int = opt(512, "Longest sequence (prompt + response) the model supports.")
+    vision: bool = opt(False, "Build a tiny vision-language model instead: a Qwen2-VL whose text part has the "
+                       "shape above, plus a vision tower and its processor (`longrl.vision`), for prompts with "
+                       "images (the world's add_img, count_img, text_img; docs/vision.md).")
+    vision_depth: int = opt(1, "vision: transformer blocks of the vision tower.")
+    vision_dim: int = opt(64, "vision: width of the vision tower. It sees 14x14-pixel patches, 2x2 of them merged "
+                          "into one token of the text part; 64 reads the world's digits (configs/vision_sft.toml).")
 
 
 @dataclass
@@ -210,10 +216,11 @@ class TrainConfig:
               "the largest logits tensor is chunk x vocabulary float32 (1024 x 152k = 0.6 GB). "
               "0 = the plain path through the full [B, T, V] logits.")
     optimizer_reset: Literal["all", "first_moment", "none"] = opt(
-        "all", "What of AdamW's state is cleared at the start of every iteration: `all` (SPEC §3: the "
-               "reference policy changed), `first_moment` (the momentum only; the second moment and step "
-               "count are kept, so the first steps of an iteration are small, a warm-up), `none` (one "
-               "optimizer for the whole run, as TRL and verl).")
+        "first_moment", "What of AdamW's state is cleared at the start of every iteration: `first_moment` "
+                        "(the momentum only; the second moment and step count are kept, so an iteration's "
+                        "first step is scaled by the gradient's history instead of moving every weight by "
+                        "~lr; docs/rl.md has the study that chose it), `all` (SPEC §3 as written: the "
+                        "reference policy changed), `none` (one optimizer for the whole run, as TRL and verl).")
     recompute_old_logprobs: bool = opt(
         False, "Recompute π_θi log-probs with the trainer before the first step instead of "
                "using the engine's; the gap is logged as train/old_logprob_max_diff either way.")
