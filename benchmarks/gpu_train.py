@@ -70,7 +70,7 @@ def one_sequence_batch(length: int, vocab: int, seed: int):
     """A TrainBatch of one sequence: a 64-token prompt and a response of length - 64 tokens."""
     import torch
 
-    from longrl.trainer import build_train_batch
+    from longrl.packing import build_train_batch
     from longrl.types import Prompt, Segment, Trajectory
 
     g = torch.Generator().manual_seed(seed)

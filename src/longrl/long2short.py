@@ -51,7 +51,7 @@ from longrl.rewards.registry import build_rewards
 from longrl.rewards.score import Rewards, score
 from longrl.rollout.engine import HFEngine
 from longrl.rollout.sample import sample
-from longrl.trainer import pack
+from longrl.packing import pack
 from longrl.types import Prompt, SamplingParams
 
 

@@ -38,7 +38,7 @@ from longrl.models import encode_prompt, load_model, load_tokenizer, token_logpr
 from longrl.rewards.registry import build_rewards
 from longrl.rollout.engine import HFEngine
 from longrl.tiny import build_char_tokenizer, build_tiny_model
-from longrl.trainer import one_per_row, pack
+from longrl.packing import one_per_row, pack
 from longrl.types import Prompt
 from longrl.vision import (MultiModal, VisionInputs, build_tiny_processor, build_tiny_vlm, build_vision_tokenizer,
                            require_vision, vision_inputs_for, vision_logprobs)

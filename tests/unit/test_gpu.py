@@ -8,7 +8,8 @@ from longrl.config import LossConfig, RolloutConfig, TrainConfig
 from longrl.logprobs import chunked_logprobs
 from longrl.models import load_model, load_tokenizer, token_logprobs
 from longrl.rollout.engine import make_engine
-from longrl.trainer import Trainer, pack
+from longrl.packing import pack
+from longrl.trainer import Trainer
 from longrl.types import Prompt, Segment, Trajectory
 from longrl.weight_sync import WeightSync, sync_tolerance
 

@@ -8,7 +8,7 @@ import torch
 
 from longrl.logprobs import chunked_logprobs, policy_logprobs, supports_chunked
 from longrl.models import load_model, token_logprobs
-from longrl.trainer import pack
+from longrl.packing import pack
 
 
 def naive(hidden, weight, targets, temperature, bias=None):

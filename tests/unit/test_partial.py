@@ -9,7 +9,7 @@ from longrl.buffer import ReplayBuffer
 from longrl.config import PartialRolloutConfig
 from longrl.losses import opmd_loss
 from longrl.rollout.partial import partial_rollout, plan, prepare_loss, segment_weights
-from longrl.trainer import build_train_batch
+from longrl.packing import build_train_batch
 from longrl.types import Completion, GenerationRequest, Prompt, SamplingParams, Segment, Trajectory
 
 

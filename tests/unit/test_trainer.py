@@ -7,7 +7,8 @@ import torch
 
 from longrl.config import LossConfig, TrainConfig
 from longrl.models import load_model, token_logprobs
-from longrl.trainer import Trainer, build_train_batch, group_indices, micro_batches, pack, row_lengths
+from longrl.packing import build_train_batch, group_indices, micro_batches, pack, row_lengths
+from longrl.trainer import Trainer
 from longrl.types import Prompt, Segment, Trajectory
 
 

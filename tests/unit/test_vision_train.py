@@ -13,7 +13,8 @@ from longrl.data.worlds import World
 from longrl.errors import ConfigError, ModelError
 from longrl.models import encode_prompt
 from longrl.sft import step_loss, world_example
-from longrl.trainer import Trainer, build_train_batch
+from longrl.packing import build_train_batch
+from longrl.trainer import Trainer
 from longrl.types import Prompt, Segment, Trajectory
 from longrl.vision import VisionInputs, build_tiny_processor, build_tiny_vlm, build_vision_tokenizer
 
