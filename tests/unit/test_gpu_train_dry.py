@@ -1,5 +1,5 @@
 """benchmarks/gpu_train.py's code path on CPU with tiny shapes, so the GPU run fails for no silly
-reason; and its FLOPs count by hand."""
+reason; its FLOPs count by hand; and scripts/gpu_check.sh on a machine without a GPU."""
 
 import importlib.util
 import json
@@ -40,3 +40,19 @@ def test_flops_per_token_by_hand(gpu_train):
     matmul = 2 * per_layer + 64 + 512 * 64  # + final norm + the (tied) LM head
     assert gpu_train.matmul_params(model) == matmul
     assert gpu_train.flops_per_token(model, 100) == 6 * matmul + 6 * 2 * 64 * 100
+
+
+def test_gpu_check_says_there_is_no_gpu_and_exits_0(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: scripts/gpu_check.sh would run its stages")
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "no CUDA GPU found" in done.stdout
