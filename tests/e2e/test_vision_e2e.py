@@ -100,3 +100,24 @@ def test_resume_from_a_checkpoint_repeats_the_last_iteration(runs):
     assert [r["iteration"] for r in resumed] == [0, 1, 2, 3, 4]
     for key in ("reward/mean", "rollout/mean_tokens", "rollout/continued", "loss/opmd", "eval/pass@1"):
         assert resumed[4][key] == original[4][key], key
+
+
+def test_vision_modes_benchmark_splits_each_task_by_how_it_answers(runs, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "vision_modes.py"
+    spec = importlib.util.spec_from_file_location("vision_modes", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--model", str(runs / "sft" / "final"), "--prompts", "12", "--samples", "2",
+                           f"out_dir={runs}", *ALL_TASKS, "eval.max_new_tokens=32"])
+    tasks = {task for task, _ in results}
+    assert tasks <= {"add_img", "count_img", "text_img"} and tasks
+    assert sum(results[task, "all"][0] for task in tasks) == 24  # 12 prompts x 2 responses
+    for task in tasks:
+        n, rate = results[task, "all"]
+        parts = [results[key] for key in ((task, "direct"), (task, "reasoned")) if key in results]
+        assert sum(p[0] for p in parts) == n
+        assert rate == pytest.approx(sum(p[0] * p[1] for p in parts) / n)
+    assert "pass@1" in capsys.readouterr().out

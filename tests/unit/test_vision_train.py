@@ -31,7 +31,7 @@ def vlm():
 
 @pytest.fixture(scope="module")
 def image_prompts():
-    # add_img: a 112x56 image (8 image tokens); count_img: 112x112 (16 image tokens)
+    # add_img: a 224x56 image (16 image tokens); count_img: 112x112 (16 image tokens)
     world = World(WorldConfig(tasks=["add_img", "count_img"], min_level=2, max_level=2, eval_size=8))
     by_task = {}
     for p in world.eval_prompts():
@@ -203,7 +203,7 @@ def test_sft_examples_with_images(vlm, image_prompts):
     ids, mask, mm = world_example(tok, add, vision=vision)
     n = len(vision.prompt_ids(add))
     assert ids[:n] == vision.prompt_ids(add) and mm is vision.mm(add)
-    assert tok.decode(ids[:n]).count("<|image_pad|>") == 8 and mm["image_grid_thw"].tolist() == [[1, 4, 8]]
+    assert tok.decode(ids[:n]).count("<|image_pad|>") == 16 and mm["image_grid_thw"].tolist() == [[1, 4, 16]]
     assert tok.decode(ids[n:-1]) == add.meta["trace"] and ids[-1] == tok.eos_token_id
     assert mask == [0.0] * n + [1.0] * (len(ids) - n)
     ids, _, _ = world_example(tok, add, direct=True, vision=vision)
@@ -252,4 +252,5 @@ def test_the_vision_configs_load_as_their_jobs():
     rl = load_config(RunConfig, root / "vision_rl.toml")
     assert sft.tiny.vision and sft.world.direct_fraction == 0.5
     assert sft.world.tasks == rl.world.tasks == ["add_img", "count_img", "text_img"]
+    assert (sft.world.min_level, sft.world.max_level) == (rl.world.min_level, rl.world.max_level) == (2, 3)
     assert rl.model.path == f"{sft.out_dir}/{sft.name}/final" and rl.rollout.engine == "hf"

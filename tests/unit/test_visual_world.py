@@ -13,7 +13,7 @@ from longrl.data.worlds import _add_trace, format_trace, is_held_out, make_probl
 from longrl.rewards.registry import get_reward
 
 WHITE, BLACK, RED, BLUE = (255, 255, 255), (0, 0, 0), (255, 0, 0), (0, 0, 255)
-LEVELS = {"add_img": (1, 10), "count_img": (1, 4), "text_img": (1, 5)}  # every level each task runs to
+LEVELS = {"add_img": (1, 8), "count_img": (1, 4), "text_img": (1, 5)}  # every level each task runs to
 
 
 def world(task, **changes):
@@ -51,8 +51,8 @@ def glyphs(picture, top, bottom):
 
 # one shape per character, taken from a line that no problem draws
 ALPHABET = "0123456789+"
-GLYPHS = dict(zip(glyphs(visual_world.render_text("0123456789"), 0, 56), "0123456789"))
-GLYPHS[glyphs(visual_world.render_text("+"), 0, 56)[0]] = "+"
+GLYPHS = dict(zip(glyphs(visual_world.render_text("0123456789"), 0, 28), "0123456789"))
+GLYPHS[glyphs(visual_world.render_text("+"), 0, 28)[0]] = "+"
 
 
 def read(picture, top, bottom):
@@ -82,7 +82,7 @@ def squares(picture):
 
 def test_the_glyph_table_reads_every_character_apart():
     assert len(GLYPHS) == len(ALPHABET) == 11  # no two characters share a shape
-    assert read(visual_world.render_text("9081+7263"), 0, 56) == "9081+7263"
+    assert read(visual_world.render_text("9081+7263"), 0, 28) == "9081+7263"
 
 
 # -- problems by hand ----------------------------------------------------------------------------
@@ -116,10 +116,20 @@ def test_grid_image_by_hand():
 
 def test_digit_images_by_hand():
     picture = visual_world.render_numbers("347", "285")
-    assert picture.size == (112, 56)
+    assert picture.size == (224, 56)  # two lines of 8 cells of 28 pixels
     assert (read(picture, 0, 28), read(picture, 28, 56)) == ("347", "285")
-    assert read(visual_world.render_text("347+285"), 0, 56) == "347+285"
     assert {colour for _, colour in picture.getcolors()} == {WHITE, BLACK}  # crisp: no anti-aliased greys
+    # each digit inside its own cell (one image token), right-aligned: cells 5, 6, 7 of each line
+    for row, number in enumerate(("347", "285")):
+        for cell in range(8):
+            ink = [picture.getpixel((x, y)) == BLACK for x in range(28 * cell, 28 * cell + 28)
+                   for y in range(28 * row, 28 * row + 28)]
+            assert any(ink) == (cell >= 5)
+            if cell >= 5:
+                assert read(picture.crop((28 * cell, 28 * row, 28 * cell + 28, 28 * row + 28)), 0, 28) == number[cell - 5]
+    text = visual_world.render_text("347+285")
+    assert text.size == (308, 28) and read(text, 0, 28) == "347+285"
+    assert not any(text.getpixel((x, y)) == BLACK for x in range(4 * 28) for y in range(28))  # cells 0-3 empty
 
 
 # -- worlds of visual tasks ----------------------------------------------------------------------
@@ -138,11 +148,12 @@ def test_addition_prompts_show_their_numbers_and_carry_the_add_trace(task):
         assert p.text == visual_world.QUESTIONS[task] and p.answer == str(a + b)
         assert p.meta == {"trace": format_trace(_add_trace(a, b), a + b), "direct": f"A: {a + b}"}
         picture = image(p)
-        assert picture.size == (112, 56)
         if task == "add_img":
+            assert picture.size == (224, 56)
             assert (read(picture, 0, 28), read(picture, 28, 56)) == (str(a), str(b))
         else:
-            assert read(picture, 0, 56) == f"{a}+{b}"
+            assert picture.size == (308, 28)
+            assert read(picture, 0, 28) == f"{a}+{b}"
     assert levels == set(range(LEVELS[task][0], LEVELS[task][1] + 1))
 
 
@@ -218,8 +229,11 @@ def test_levels_past_what_fits_are_a_config_error():
     for task, (_, high) in LEVELS.items():
         with pytest.raises(ConfigError, match=rf"world: {task} runs to level {high} .* lower world.max_level"):
             make_problem(task, high + 1, random.Random(0))
-    widest = visual_world.render_numbers("8" * 10, "0" * 10)  # the widest numbers are not clipped
-    assert (read(widest, 0, 28), read(widest, 28, 56)) == ("8" * 10, "0" * 10)
+    widest = visual_world.render_numbers("8" * 8, "0" * 8)  # the widest numbers are not clipped
+    assert (read(widest, 0, 28), read(widest, 28, 56)) == ("8" * 8, "0" * 8)
+    assert read(visual_world.render_text("9" * 5 + "+" + "1" * 5), 0, 28) == "99999+11111"
+    with pytest.raises(ValueError, match="does not fit a line of 8 cells"):
+        visual_world.render_numbers("1" * 9, "1")
 
 
 def test_a_run_config_picks_visual_tasks():
