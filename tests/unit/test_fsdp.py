@@ -180,6 +180,10 @@ def test_parameters_after_one_step_match_one_process(group_results):
     noise_only = lambda name: name.endswith("k_proj.bias")  # noqa: E731
     got = {k: v for k, v in ranks[0]["state"]["one_step"].items() if not noise_only(k)}
     _assert_same_weights(got, {k: v for k, v in want.items() if not noise_only(k)}, atol=1e-6)
+    noise = [k for k in want if noise_only(k)]
+    assert noise  # ...but they moved no further than one step of ±lr apart
+    _assert_same_weights({k: ranks[0]["state"]["one_step"][k] for k in noise}, {k: want[k] for k in noise},
+                         atol=2 * STATE.lr * 1.001)
 
 
 def test_metrics_match_one_process_with_an_empty_rank(group_results):
