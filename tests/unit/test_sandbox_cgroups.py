@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from longrl.sandbox import isolate
+from longrl.sandbox import host, isolate
 from longrl.sandbox.cgroups import Cgroups, RunCgroup
 from longrl.sandbox.isolate import Isolator, Limits
 from longrl.sandbox.launcher import discard_stub
@@ -127,9 +127,9 @@ def test_static_nsjail_is_preferred_unless_one_is_named(tmp_path, monkeypatch):
     static = tmp_path / "nsjail"
     static.write_text("#!/bin/sh\n")
     static.chmod(static.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setattr(isolate, "NSJAIL_STATIC", str(static))
+    monkeypatch.setattr(host, "NSJAIL_STATIC", str(static))
     monkeypatch.delenv("NSJAIL", raising=False)
-    assert isolate._find_nsjail(None) == str(static)
+    assert host.find_nsjail(None) == str(static)
     monkeypatch.setenv("NSJAIL", "/bin/true")
-    assert isolate._find_nsjail(None) == "/bin/true"
-    assert isolate._find_nsjail("/bin/false") == "/bin/false"
+    assert host.find_nsjail(None) == "/bin/true"
+    assert host.find_nsjail("/bin/false") == "/bin/false"

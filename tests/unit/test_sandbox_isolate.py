@@ -290,7 +290,7 @@ def test_a_bind_source_others_cannot_reach_is_mounted_from_a_reachable_copy(tmp_
     # nsjail refuses to mount from under a mode-0700 directory ("try 'chmod o+x' on source path")
     import os
 
-    from longrl.sandbox.isolate import reachable
+    from longrl.sandbox.host import reachable
 
     private = tmp_path / "home"
     (private / "pkg").mkdir(parents=True)
@@ -316,13 +316,13 @@ def test_a_checkout_under_a_private_directory_runs_jailed_code(tmp_path):
     import subprocess
     import sys
 
-    from longrl.sandbox.isolate import _find_init
+    from longrl.sandbox.host import find_init
 
     home = tmp_path / "private-home"
     (home / "site" / "privpkg").mkdir(parents=True)
     (home / "site" / "privpkg" / "__init__.py").write_text("ANSWER = 42\n")
     (home / "bin").mkdir()
-    shutil.copy2(_find_init(None), home / "bin" / "dumb-init")
+    shutil.copy2(find_init(None), home / "bin" / "dumb-init")
     os.chmod(home, 0o700)
     check = (
         "from longrl.sandbox.isolate import Isolator, SandboxConfig\n"

