@@ -51,6 +51,17 @@ def inplace_engine(policy):
     del engine
 
 
+@pytest.fixture(scope="module")
+def sharded_engine(policy):
+    """The model sharded over two vLLM worker processes (rollout.vllm_tensor_parallel_size = 2),
+    each bound to its own core: the tensor-parallel path that GPUs take, on CPU."""
+    model, tok = policy
+    engine = make_engine(RolloutConfig(engine="vllm", batch_size=8, vllm_tensor_parallel_size=2), model, tok, seed=0)
+    assert engine.tensor_parallel_size == 2
+    yield engine
+    del engine
+
+
 def _prompts(tok):
     return [encode_prompt(tok, t) for t in ("1+2", "345+678", "9", "12-3", "77*8", "1+2+3+4+5+6")]
 
@@ -120,7 +131,7 @@ def test_three_greedy_segments_equal_one_greedy_run(kind, engine, policy):
         assert one.token_ids == pre[:len(one.token_ids)] and len(one.token_ids) == 36
 
 
-@pytest.mark.parametrize("which", ["engine", "inplace_engine"])
+@pytest.mark.parametrize("which", ["engine", "inplace_engine", "sharded_engine"])
 def test_weight_sync_reloads_and_its_check_catches_a_lost_push(which, request, policy, forgetful):
     engine = request.getfixturevalue(which)
     model, tok = policy
@@ -141,6 +152,29 @@ def test_weight_sync_reloads_and_its_check_catches_a_lost_push(which, request, p
     finally:
         model.load_state_dict(original)
         engine.load_weights(model.named_parameters())
+
+
+def _qkv_rows(model) -> int:
+    return model.model.layers[0].self_attn.qkv_proj.output_size_per_partition
+
+
+def test_a_sharded_engine_splits_the_model_and_samples_the_same_policy(sharded_engine, engine, policy):
+    model, tok = policy
+    # two worker processes, each holding half of every attention projection's rows
+    assert sharded_engine.llm.apply_model(_qkv_rows) == [3 * 64 // 2] * 2
+    assert engine.llm.apply_model(_qkv_rows) == [3 * 64]
+    requests = [GenerationRequest(p) for p in _prompts(tok)]
+    for temperature in (1.0, 0.0):
+        completions = sharded_engine.generate(requests, SamplingParams(temperature=temperature, max_new_tokens=16))
+        assert _max_gap(model, requests, completions, temperature) < ATOL
+    greedy = [c.token_ids for c in sharded_engine.generate(requests, SamplingParams(temperature=0.0, max_new_tokens=16))]
+    assert greedy == [c.token_ids for c in engine.generate(requests, SamplingParams(temperature=0.0, max_new_tokens=16))]
+
+
+def test_a_sharded_engine_refuses_in_place_pushes(policy):
+    model, tok = policy
+    with pytest.raises(ValueError, match="inplace_sync needs the engine's weights in this process"):
+        VLLMEngine(model.name_or_path, tok, inplace_sync=True, tensor_parallel_size=2)
 
 
 def test_in_place_push_refuses_an_incomplete_state(inplace_engine, policy):

@@ -131,3 +131,26 @@ def test_every_shipped_config_loads_as_its_job():
     assert {p.stem for p in root.glob("*.toml")} == set(SHIPPED)
     for stem, cls in SHIPPED.items():
         load_config(getattr(configs, cls), root / f"{stem}.toml")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["rollout.vllm_tensor_parallel_size=0"], r"rollout.vllm_tensor_parallel_size is 0: give 1 \(no sharding\) or more"),
+    (["rollout.vllm_tensor_parallel_size=2"], r'tensor parallelism needs rollout.engine = "vllm"'),
+    (["rollout.engine=vllm", "rollout.vllm_tensor_parallel_size=2", "rollout.vllm_inplace_sync=true"],
+     "rollout.vllm_inplace_sync with rollout.vllm_tensor_parallel_size = 2"),
+    (["rollout.engine=vllm", "rollout.vllm_tensor_parallel_size=2", "cluster.enabled=true",
+      "cluster.placement=split", "cluster.gpus_per_rollout_worker=1"],
+     "cluster.gpus_per_rollout_worker is 1 with rollout.vllm_tensor_parallel_size = 2: .* must ask Ray for 2"),
+    (["rollout.engine=vllm", "rollout.vllm_tensor_parallel_size=2", "cluster.enabled=true",
+      "cluster.gpus_per_rollout_worker=2"], "use cluster.placement = split"),
+])
+def test_tensor_parallel_settings_that_cannot_work_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RunConfig, None, overrides)
+
+
+def test_a_sharded_engine_on_its_own_gpus_is_accepted():
+    config = load_config(RunConfig, None, ["rollout.engine=vllm", "rollout.vllm_tensor_parallel_size=2",
+                                           "cluster.enabled=true", "cluster.placement=split",
+                                           "cluster.gpus_per_trainer_rank=1", "cluster.gpus_per_rollout_worker=2"])
+    assert config.rollout.vllm_tensor_parallel_size == 2

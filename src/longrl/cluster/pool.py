@@ -53,6 +53,8 @@ def prepare_actor(threads: int) -> None:
 class RolloutWorker:
     """One engine in one actor process. `engine_factory` replaces `make_engine` (tests inject faults)."""
 
+    channel = None  # its end of the weight broadcast, when `cluster.sync_transport = "broadcast"`
+
     def __init__(self, model_path: str, config, seed: int, engine_factory: Callable | None = None):
         from longrl.device import resolve_device
         from longrl.models import load_policy
@@ -62,6 +64,10 @@ class RolloutWorker:
         model, tokenizer = load_policy(model_path, config.model.dtype)
         model = model.to(resolve_device(config.train.device))
         self.engine = (engine_factory or make_engine)(config.rollout, model, tokenizer, seed=seed)
+
+    def pid(self) -> int:
+        """This actor's process id (a sharded vLLM engine's workers are its children)."""
+        return os.getpid()
 
     def pads_contexts(self) -> bool:
         return getattr(self.engine, "pads_contexts", True)
@@ -78,6 +84,27 @@ class RolloutWorker:
         start = time.perf_counter()
         for ref in buckets:
             self.engine.load_weights(ray.get(ref))
+        return time.perf_counter() - start
+
+    def join_channel(self, address: str, member: int, size: int, timeout_s: float) -> None:
+        """Join the weight broadcast's group as `member` (cluster/broadcast.py)."""
+        from longrl.cluster.broadcast import Channel
+
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = Channel(address, member, size, timeout_s)
+
+    def receive_weights(self, layout) -> float:
+        """Load the weights trainer rank 0 broadcasts, bucket by bucket; returns seconds. A failure
+        closes this end (the channel is built again before the next broadcast)."""
+        start = time.perf_counter()
+        try:
+            for bucket in self.channel.receive(layout):
+                self.engine.load_weights(bucket)
+        except BaseException:
+            self.channel.close()
+            self.channel = None
+            raise
         return time.perf_counter() - start
 
     def score(self, sequences: Sequence[list[int]], prompt_lens: Sequence[int],

@@ -17,26 +17,40 @@ engine and proves the engine holds them. Across processes:
 
 A worker that dies during the push is restarted and restored (`restore`: the same push and the
 same check, for that worker alone), like one that dies while generating.
+
+Transport (`cluster.sync_transport`). Step 1 above is `object_store`. `broadcast` sends the
+gathered weights from trainer rank 0 to every worker as one torch.distributed broadcast per
+bucket (cluster/broadcast.py: gloo on CPU, NCCL GPU to GPU), over a channel built at the first
+sync and again after any worker was replaced. A worker that does not receive the whole broadcast
+(it died, or the broadcast failed) is restarted and restored through the object store; the check
+of step 2 is the same for both transports.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from longrl.cluster.pool import EnginePool
 from longrl.cluster.trainer_group import TrainerGroup
 from longrl.weight_sync import check_engines, probe_sequence
+
+log = logging.getLogger(__name__)
 
 
 class ClusterSync:
     """`run.sync` on a cluster: `sync(iteration) -> metrics` (module docstring)."""
 
     def __init__(self, trainer: TrainerGroup, pool: EnginePool, tokenizer, tolerance: float,
-                 bucket_mb: int, faults: list = ()):
+                 bucket_mb: int, faults: list = (), transport: str = "object_store", timeout_s: float = 600.0):
         self.trainer, self.pool, self.tolerance = trainer, pool, tolerance
         self.bucket_bytes = max(1, bucket_mb) << 20
+        self.transport, self.timeout_s = transport, timeout_s
+        self.channel: tuple | None = None  # (worker generations, bucket bytes, layout) it was built for
+        self.broadcast_failures = 0
         self.probe_ids, self.prompt_len = probe_sequence(tokenizer, trainer.max_position_embeddings())
         self.faults = [pool, *faults]  # whose `take_fault_metrics` join the sync's metrics
         self.iteration = -1
@@ -45,12 +59,15 @@ class ClusterSync:
     def __call__(self, iteration: int) -> dict[str, float]:
         self.iteration = iteration
         start = time.perf_counter()
-        buckets = self.trainer.weight_buckets(self.bucket_bytes)
-        gathered = time.perf_counter()
-        slowest_load = self.pool.load_weights_refs(buckets)
-        del buckets  # the object store frees them once no worker holds them
-        metrics = {"perf/weight_sync_s": time.perf_counter() - start,
-                   "perf/weight_gather_s": gathered - start, "perf/weight_load_s": slowest_load}
+        if self.transport == "broadcast":
+            metrics = self.broadcast()
+        else:
+            buckets = self.trainer.weight_buckets(self.bucket_bytes)
+            gathered = time.perf_counter()
+            slowest_load = self.pool.load_weights_refs(buckets)
+            del buckets  # the object store frees them once no worker holds them
+            metrics = {"perf/weight_gather_s": gathered - start, "perf/weight_load_s": slowest_load}
+        metrics["perf/weight_sync_s"] = time.perf_counter() - start
         if self.tolerance > 0:
             start = time.perf_counter()
             metrics |= self.check()
@@ -58,6 +75,42 @@ class ClusterSync:
         for source in self.faults:
             metrics |= source.take_fault_metrics()
         return metrics
+
+    def build_channel(self) -> None:
+        """The broadcast group over trainer rank 0 and the current workers (cluster/broadcast.py)."""
+        size = 1 + self.pool.size
+        address = ray.get(self.trainer.actors[0].address.remote())
+        ray.get([self.trainer.actors[0].join_channel.remote(address, size, self.timeout_s)]
+                + [w.join_channel.remote(address, i + 1, size, self.timeout_s) for i, w in enumerate(self.pool.workers)])
+        layout = self.trainer.weight_layout(self.bucket_bytes)
+        self.channel = (tuple(self.pool.generations), self.bucket_bytes, layout)
+
+    def broadcast(self) -> dict[str, float]:
+        """Step 1 by broadcast: every worker receives, then rank 0 sends; a worker that did not
+        receive all of it is restarted and restored through the object store."""
+        start = time.perf_counter()
+        if self.channel is None or self.channel[:2] != (tuple(self.pool.generations), self.bucket_bytes):
+            self.build_channel()
+        layout = self.channel[2]
+        built = time.perf_counter()
+        receiving = [w.receive_weights.remote(layout) for w in self.pool.workers]
+        try:
+            self.trainer.send_weights(self.bucket_bytes, layout)
+        except RayTaskError as error:  # rank 0's broadcast failed (a dead rank raises TrainerRankError)
+            log.warning("weight broadcast failed on trainer rank 0: %s", error)
+        loads, failed = [], []
+        for i, ref in enumerate(receiving):
+            try:
+                loads.append(ray.get(ref, timeout=self.timeout_s))
+            except (RayActorError, RayTaskError, GetTimeoutError) as error:
+                log.warning("rollout worker %d did not receive the weight broadcast (%s): it is replaced "
+                            "and restored through the object store", i, type(error).__name__)
+                failed.append(i)
+        for i in failed:
+            self.pool.restart(i)  # restore(i): the object-store push and the check, for it alone
+        self.broadcast_failures += len(failed)
+        return {"perf/weight_channel_s": built - start, "perf/weight_load_s": max(loads, default=0.0),
+                "cluster/broadcast_failures": float(len(failed))}
 
     def check(self, only: int | None = None) -> dict[str, float]:
         """The probe on every worker (or worker `only`) against the trainer's log-probs."""

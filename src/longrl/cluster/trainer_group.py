@@ -20,13 +20,13 @@ rank found dead; the run continues from its last checkpoint with `longrl train -
 from __future__ import annotations
 
 import random
-import socket
 from collections.abc import Sequence
 
 import ray
 import torch
 from ray.exceptions import RayActorError
 
+from longrl.cluster.broadcast import Channel, Layout, free_address, layout_of
 from longrl.cluster.errors import TrainerRankError
 from longrl.cluster.pool import prepare_actor
 
@@ -49,12 +49,11 @@ def buckets_of(state: dict[str, torch.Tensor], bucket_bytes: int) -> list[list[t
 class TrainerRank:
     """One rank of the trainer group: a `Trainer` over this rank's shard."""
 
+    channel: Channel | None = None  # rank 0's end of the weight broadcast (cluster/broadcast.py)
+
     def address(self) -> str:
         """`host:port` where this actor could listen (asked of rank 0 for the rendezvous)."""
-        host = ray.util.get_node_ip_address()
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return f"{host}:{s.getsockname()[1]}"
+        return free_address()
 
     def setup(self, rank: int, world_size: int, init_method: str, model_path: str, config) -> None:
         from longrl.device import resolve_device
@@ -93,6 +92,32 @@ class TrainerRank:
             return None
         state = {name: full[name] for name in self.names}
         return [ray.put(bucket) for bucket in buckets_of(state, bucket_bytes)]
+
+    def join_channel(self, address: str, size: int, timeout_s: float) -> None:
+        """Rank 0: host the weight broadcast's group as its member 0 (cluster/broadcast.py)."""
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = Channel(address, 0, size, timeout_s)
+
+    def weight_layout(self, bucket_bytes: int) -> Layout:
+        """The buckets `send_weights` will broadcast, as names, shapes and dtypes, from the
+        parameters' global shapes (no gather)."""
+        params = dict(self.trainer.model.named_parameters())
+        meta = {name: torch.empty(params[name].shape, dtype=params[name].dtype, device="meta") for name in self.names}
+        return layout_of(buckets_of(meta, bucket_bytes))
+
+    def send_weights(self, bucket_bytes: int, layout: Layout) -> None:
+        """Every rank gathers the full parameters; rank 0 broadcasts them bucket by bucket to the
+        rollout workers. A failure closes rank 0's end, so the workers stop waiting at once."""
+        full = self.trainer.full_state_dict()  # a collective: every rank
+        if self.rank != 0:
+            return
+        try:
+            self.channel.send(buckets_of({name: full[name] for name in self.names}, bucket_bytes), layout)
+        except BaseException:
+            self.channel.close()
+            self.channel = None
+            raise
 
     @torch.no_grad()
     def probe_logprobs(self, ids: list[int], prompt_len: int) -> list[float]:
@@ -175,6 +200,12 @@ class TrainerGroup:
 
     def probe_logprobs(self, ids: list[int], prompt_len: int) -> list[float]:
         return self._broadcast("probe_logprobs", ids, prompt_len)
+
+    def weight_layout(self, bucket_bytes: int) -> Layout:
+        return ray.get(self.actors[0].weight_layout.remote(bucket_bytes))
+
+    def send_weights(self, bucket_bytes: int, layout: Layout) -> None:
+        self._broadcast("send_weights", bucket_bytes, layout)
 
     def max_position_embeddings(self) -> int | None:
         return ray.get(self.actors[0].max_position_embeddings.remote())

@@ -113,6 +113,11 @@ class RolloutConfig:
                "resumed run samples exactly what the uninterrupted one did (same batches, same hardware). "
                "Off: vLLM is seeded once and a resume continues with fresh randomness; per-request "
                "generators take a slower path in vLLM's sampler.")
+    vllm_tensor_parallel_size: int = opt(
+        1, "vLLM: shard each engine's model over this many devices (tensor parallelism: GPUs, or on CPU "
+           "processes bound to disjoint cores). Above 1 vLLM's workers run in processes of their own, so a "
+           "weight push is copied to each of them (no vllm_inplace_sync). In cluster mode each rollout actor "
+           "asks Ray for this many GPUs (cluster.gpus_per_rollout_worker).")
     sync_check_tolerance: float = opt(
         1e-3, "Largest |engine - trainer| log-prob gap on a fixed probe sequence tolerated after a "
               "weight sync (nats). A larger gap raises WeightSyncError: the engine is not sampling "
@@ -122,6 +127,16 @@ class RolloutConfig:
         if self.sync_check_tolerance < 0:
             raise ConfigError(f"rollout.sync_check_tolerance is {self.sync_check_tolerance}: give a "
                               "tolerance >= 0 (0 turns the check off)")
+        tp = self.vllm_tensor_parallel_size
+        if tp < 1:
+            raise ConfigError(f"rollout.vllm_tensor_parallel_size is {tp}: give 1 (no sharding) or more")
+        if tp > 1 and self.engine != "vllm":
+            raise ConfigError(f"rollout.vllm_tensor_parallel_size is {tp} with rollout.engine = "
+                              f"{self.engine!r}: tensor parallelism needs rollout.engine = \"vllm\"")
+        if tp > 1 and self.vllm_inplace_sync:
+            raise ConfigError(f"rollout.vllm_inplace_sync with rollout.vllm_tensor_parallel_size = {tp}: the "
+                              "in-place push writes into the engine's tensors in this process, and a sharded "
+                              "engine keeps them in its worker processes; set one of them off")
 
 
 @dataclass
@@ -401,6 +416,11 @@ class ClusterConfig:
                                                    "group: auto = nccl on GPUs, gloo on CPU.")
     cpu_offload: bool = opt(False, "FSDP2: keep parameters and optimizer state in CPU memory between uses.")
     sync_bucket_mb: int = opt(256, "Weight sync: tensors travel to the engines in buckets of about this size.")
+    sync_transport: Literal["object_store", "broadcast"] = opt(
+        "object_store", "Weight sync: `object_store` (trainer rank 0 puts the buckets into Ray's object store, "
+                        "every rollout worker fetches them) or `broadcast` (one torch.distributed broadcast per "
+                        "bucket from trainer rank 0 to every worker: gloo on CPU, NCCL between GPUs, which needs "
+                        "placement = split). docs/cluster.md compares them.")
     call_timeout_s: float = opt(
         3600.0, "A rollout or reward actor call still unanswered after this long counts as a hung actor: it "
                 "is killed, replaced and its work issued again (0 = wait forever). Must exceed the longest "
@@ -464,6 +484,20 @@ class RunConfig:
         if self.model.lora_rank and self.cluster.enabled:
             raise ConfigError("model.lora_rank with cluster.enabled: LoRA runs in one process for now "
                               "(the FSDP2 trainer group trains all weights); set one of them off")
+        tp, gpus = self.rollout.vllm_tensor_parallel_size, self.cluster.gpus_per_rollout_worker
+        if self.cluster.enabled and tp > 1 and gpus and gpus != tp:
+            raise ConfigError(f"cluster.gpus_per_rollout_worker is {gpus:g} with rollout.vllm_tensor_parallel_size "
+                              f"= {tp}: a sharded engine spans {tp} GPUs, so its actor must ask Ray for {tp}")
+        if self.cluster.enabled and tp > 1 and gpus and self.cluster.placement == "colocated":
+            raise ConfigError(f"cluster.placement = colocated with rollout.vllm_tensor_parallel_size = {tp}: a "
+                              "colocated engine shares one trainer rank's GPU, and a sharded one needs "
+                              f"{tp}; use cluster.placement = split")
+        c = self.cluster
+        if c.enabled and c.sync_transport == "broadcast" and c.placement == "colocated" and (
+                c.gpus_per_trainer_rank or c.gpus_per_rollout_worker):
+            raise ConfigError("cluster.sync_transport = broadcast with cluster.placement = colocated on GPUs: NCCL "
+                              "cannot broadcast between two processes on one GPU (trainer rank 0 and the engine "
+                              "beside it); use placement = split, or sync_transport = object_store")
         if self.rollout.samples_per_prompt < 2 and self.loss.baseline == "mean":
             raise ConfigError(
                 f"rollout.samples_per_prompt is {self.rollout.samples_per_prompt}: with the mean baseline "

@@ -26,6 +26,13 @@ What it promises, and how (the caps, stops and finish reasons of `rollout/contra
 - `sleep()/wake()`: vLLM's sleep mode frees the weights and KV cache of a GPU engine while the
   trainer steps. vLLM's CPU build has no sleep mode; there they do nothing.
 
+Tensor parallelism (`tensor_parallel_size` > 1, `rollout.vllm_tensor_parallel_size`): the model
+is sharded over that many devices by vLLM's own worker processes (its `mp` executor; the engine
+core stays in this process). Log-probs, continuation, scoring and the sync probe are unchanged; a
+weight push sends every worker the whole checkpoint-named state, of which each loads its slices
+(vLLM's loaders shard by rank), so there is no in-place push. On CPU each rank is bound to its
+own cores (`_cpu_rank_cores`), which is how the sharded path is tested on a CPU-only machine.
+
 Deviations, on purpose:
 - top-p < 1: vLLM's processed log-probs are those of the renormalised nucleus distribution,
   while `HFEngine` reports the full temperature-scaled distribution. The gap is log(kept mass)
@@ -63,6 +70,32 @@ import torch
 from longrl.rollout.contract import (
     finish_reason, primed_detector, request_budget, stop_cause, stop_token_ids)
 from longrl.types import Completion, GenerationRequest, SamplingParams
+
+
+@contextlib.contextmanager
+def _cpu_rank_cores(tensor_parallel_size: int):
+    """While a sharded CPU engine starts, bind each of its worker processes to its own cores.
+
+    vLLM's default binding ("auto") gives each rank a NUMA node of its own and refuses to start
+    when there are fewer nodes than ranks (one node here). Unless `VLLM_CPU_OMP_THREADS_BIND` is
+    set, rank r gets the r-th of `tensor_parallel_size` contiguous slices of this process's
+    allowed cores ("0|1" for two ranks on two cores), or no binding when there are fewer cores
+    than ranks. Set only for the build: an unsharded engine built later keeps vLLM's default.
+    """
+    if tensor_parallel_size == 1 or torch.cuda.is_available() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+        yield
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < tensor_parallel_size:
+        bind = "nobind"
+    else:
+        size = len(cores) // tensor_parallel_size
+        bind = "|".join(",".join(map(str, cores[r * size:(r + 1) * size])) for r in range(tensor_parallel_size))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    try:
+        yield
+    finally:
+        del os.environ["VLLM_CPU_OMP_THREADS_BIND"]
 
 
 def _prepare_env(kv_cache_gib: float) -> None:
@@ -193,7 +226,11 @@ class VLLMEngine:
     def __init__(self, model_dir: str | Path, tokenizer, *, dtype: str = "float32",
                  batch_size: int = 256, seed: int = 0, kv_cache_gib: float = 1.0,
                  enforce_eager: bool = True, prefix_caching: bool = True,
-                 max_model_len: int | None = None, inplace_sync: bool = False, request_seeds: bool = False):
+                 max_model_len: int | None = None, inplace_sync: bool = False, request_seeds: bool = False,
+                 tensor_parallel_size: int = 1):
+        if tensor_parallel_size > 1 and inplace_sync:
+            raise ValueError("inplace_sync needs the engine's weights in this process; a sharded engine "
+                             f"(tensor_parallel_size = {tensor_parallel_size}) keeps them in its workers")
         _prepare_env(kv_cache_gib)
         from vllm import LLM
 
@@ -203,12 +240,16 @@ class VLLMEngine:
         extra = {}
         if on_gpu:  # colocated: take a fixed KV budget, not vLLM's default 90% of the device
             extra = {"enable_sleep_mode": True, "kv_cache_memory_bytes": int(kv_cache_gib * 2**30)}
+        if tensor_parallel_size > 1:  # the shards live in worker processes that vLLM starts and owns
+            extra |= {"tensor_parallel_size": tensor_parallel_size, "distributed_executor_backend": "mp"}
+        self.tensor_parallel_size = tensor_parallel_size
         self.tokenizer = tokenizer
         if request_seeds:  # checkpointed by the loop as `engine.generator` (module docstring)
             self.generator = torch.Generator().manual_seed(seed)
         self.sleep_supported = on_gpu
         self.inplace_sync = inplace_sync and not on_gpu
-        with _plain_cpu_linear_weights() if self.inplace_sync else contextlib.nullcontext():
+        with (_plain_cpu_linear_weights() if self.inplace_sync else contextlib.nullcontext(),
+              _cpu_rank_cores(tensor_parallel_size)):
             self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, max_num_seqs=batch_size,
                            enable_prefix_caching=prefix_caching, logprobs_mode="processed_logprobs",
                            enforce_eager=enforce_eager, max_model_len=max_model_len,
@@ -243,7 +284,8 @@ class VLLMEngine:
                      kv_cache_gib=config.vllm_kv_cache_gib, enforce_eager=config.vllm_enforce_eager,
                      prefix_caching=config.vllm_prefix_caching,
                      max_model_len=getattr(model.config, "max_position_embeddings", None),
-                     inplace_sync=config.vllm_inplace_sync, request_seeds=config.vllm_request_seeds)
+                     inplace_sync=config.vllm_inplace_sync, request_seeds=config.vllm_request_seeds,
+                     tensor_parallel_size=config.vllm_tensor_parallel_size)
         engine._model_dir_keeper = keep  # the temp dir lives as long as the engine
         return engine
 
@@ -252,7 +294,8 @@ class VLLMEngine:
     def load_weights(self, state: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy trainer tensors (checkpoint names) into the live engine (module docstring)."""
         weights = [(name, tensor.detach()) for name, tensor in state]
-        # in-process, the list reaches the worker by reference; vLLM fuses q/k/v and gate/up itself
+        # unsharded, the list reaches the in-process worker by reference; sharded, every worker gets a
+        # copy of all of it and keeps its own slices. vLLM fuses q/k/v and gate/up itself.
         if self.inplace_sync:
             self._push_in_place(weights)
         else:
