@@ -1,11 +1,14 @@
 """Benchmark: the cluster's weight sync and one cluster iteration, each against a one-process baseline.
 
 1. Sync. A random Qwen2 of `--hidden`/`--layers` (float32) is served by a local Ray cluster of
-   `--ranks` trainer ranks and `--workers` rollout workers. For each bucket size it times, best of
-   `--repeat`, `ClusterSync` (gather the full weights on the trainer, put them in the object store
-   in buckets, every worker loads them, then the probe check on every engine), split into its
-   parts, against the baseline: `dst.copy_(src)` of the same parameters in this process (the
-   least any sync can do: move the bytes once).
+   `--ranks` trainer ranks and `--workers` rollout workers. For each transport (`--transports`:
+   `object_store`, trainer rank 0 puts the buckets into Ray's object store and every worker
+   fetches them; `broadcast`, one gloo broadcast per bucket from rank 0 to every worker) and
+   each bucket size it times, best of `--repeat`, `ClusterSync` (gather the full weights on the
+   trainer, move them to every worker, which loads them, then the probe check on every engine),
+   split into its parts, against the baseline: `dst.copy_(src)` of the same parameters in this
+   process (the least any sync can do: move the bytes once). Both transports run on the same
+   actors, one after the other, in the same process.
 2. Iteration. `loop.iteration` on the tiny world (configs/default.toml's settings, a random tiny
    model, `--iterations` iterations after one warm-up iteration), median seconds, in one process
    and then with `cluster.enabled` on the same machine.
@@ -14,6 +17,7 @@ Not a test: timings depend on the machine and its load; on CPU the actors share 
 each other, so the cluster is expected to be slower here (the point on CPU is correctness).
 
     OMP_NUM_THREADS=1 python benchmarks/cluster_sync.py [--hidden 512 --layers 8 --ranks 1 --workers 2]
+        [--transports object_store broadcast] [--only sync]
 """
 
 from __future__ import annotations
@@ -64,14 +68,26 @@ def sync_figures(args) -> None:
     cluster = setup_cluster(config, str(path), load_tokenizer(path))
     try:
         for mb in args.buckets:
-            cluster.sync.bucket_bytes = mb << 20
-            parts = []
-            total = best(lambda: parts.append(cluster.sync(0)), args.repeat)
-            last = min(parts, key=lambda m: m["perf/weight_sync_s"] + m["perf/sync_check_s"])
-            print(f"buckets of {mb:4d} MB: sync + check {total * 1e3:8.1f} ms = {total / baseline:6.1f}x the copy"
-                  f"  (gather + put {last['perf/weight_gather_s'] * 1e3:.0f} ms, slowest worker load "
-                  f"{last['perf/weight_load_s'] * 1e3:.0f} ms, check {last['perf/sync_check_s'] * 1e3:.0f} ms, "
-                  f"probe diff {last['sync/probe_max_diff']:.1e})")
+            totals, alone = {}, {}
+            for transport in args.transports:
+                cluster.sync.transport, cluster.sync.bucket_bytes = transport, mb << 20
+                if transport == "broadcast":
+                    cluster.sync.build_channel()  # once per layout, outside the timing (as in a run)
+                parts = []
+                total = totals[transport] = best(lambda: parts.append(cluster.sync(0)), args.repeat)
+                last = min(parts, key=lambda m: m["perf/weight_sync_s"] + m["perf/sync_check_s"])
+                alone[transport] = min(m["perf/weight_sync_s"] for m in parts)
+                move = (f"gather + put {last['perf/weight_gather_s'] * 1e3:.0f} ms, " if transport == "object_store"
+                        else "gather + broadcast + load in one, ")
+                print(f"{transport:12s} buckets of {mb:4d} MB: sync + check {total * 1e3:8.1f} ms = "
+                      f"{total / baseline:6.1f}x the copy  ({move}slowest worker load "
+                      f"{last['perf/weight_load_s'] * 1e3:.0f} ms, check {last['perf/sync_check_s'] * 1e3:.0f} ms, "
+                      f"probe diff {last['sync/probe_max_diff']:.1e})")
+            if len(totals) == 2:
+                print(f"{'':12s} buckets of {mb:4d} MB: broadcast / object_store = "
+                      f"{totals['broadcast'] / totals['object_store']:.2f}x with the check, "
+                      f"{alone['broadcast'] / alone['object_store']:.2f}x for the sync alone "
+                      f"({alone['broadcast'] * 1e3:.0f} vs {alone['object_store'] * 1e3:.0f} ms)")
     finally:
         cluster.close()
         if ray.is_initialized():
@@ -120,6 +136,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--buckets", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--transports", nargs="+", choices=["object_store", "broadcast"],
+                        default=["object_store", "broadcast"])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--only", choices=["sync", "iteration"], default=None)
     args = parser.parse_args()

@@ -6,6 +6,7 @@ install has no `longrl.distributed`), 2 rollout workers and 1 reward worker, fro
 it down.
 """
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -105,3 +106,21 @@ def test_partial_rollouts_and_replay_buffer_run_unchanged_on_the_cluster(runs, w
     assert sum(r["rollout/continued"] for r in rows) > 0  # unfinished trajectories came back
     assert any("train/old_token_weight_mean" in r for r in rows)  # weighted by the group's log-probs
     assert all(r["sync/engines_checked"] == 2.0 for r in rows)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed: scripts/setup_vllm.sh")
+def test_cluster_run_with_sharded_vllm_engines_and_broadcast_sync_learns(runs, warmed_up_model):
+    """The same run with each rollout actor's vLLM engine sharded over two processes (tensor
+    parallelism, one core per shard here) and the weights broadcast from trainer rank 0 over gloo."""
+    sharded = ["rollout.engine=vllm", "rollout.vllm_tensor_parallel_size=2", "cluster.sync_transport=broadcast",
+               "cluster.reward_workers=0", "checkpoint_every=0"]
+    assert main(["train", DEFAULT, f"out_dir={runs}", "name=sharded", f"model.path={warmed_up_model}",
+                 "--no-progress", *RL, *CLUSTER, *sharded]) == 0
+    rows = _metrics(runs / "sharded")
+    start, end = rows[0]["eval/pass@1"], rows[-1]["eval/pass@1"]
+    assert end >= start + 0.20, (start, end)
+    trained = [r for r in rows if "reward/mean" in r]
+    assert len(trained) == 40
+    for r in trained:
+        assert r["sync/engines_checked"] == 2.0 and r["sync/probe_max_diff"] < 1e-3
+        assert r["cluster/broadcast_failures"] == r["cluster/rollout_restarts"] == 0.0
