@@ -34,6 +34,8 @@ def cluster(request, tmp_path_factory):
     ray.init(num_cpus=4, include_dashboard=False)
     config = load_config(RunConfig, None, [f"model.path={model_dir}", "threads=1", "rollout.engine=vllm",
                                            f"rollout.vllm_tensor_parallel_size={request.param}",
+                                           # both transports: the object store to whole engines, a broadcast to sharded ones
+                                           "cluster.sync_transport=" + ("object_store" if request.param == 1 else "broadcast"),
                                            "cluster.enabled=true", "cluster.trainer_ranks=1",
                                            "cluster.rollout_workers=2", "cluster.reward_workers=0",
                                            "train.lr=1e-2", "train.mini_batch_size=8"])

@@ -59,6 +59,7 @@ def cluster(tiny_model_dir, tmp_path_factory):
     config = load_config(RunConfig, None, [f"model.path={tiny_model_dir}", f"seed={SEED}", "threads=1",
                                            "cluster.enabled=true", "cluster.trainer_ranks=1",
                                            "cluster.rollout_workers=2", "cluster.reward_workers=0",
+                                           "cluster.sync_transport=object_store",  # its push is what faults hit here
                                            "train.lr=1e-2", "train.mini_batch_size=8"])
     slow = str(tmp_path_factory.mktemp("flags") / "slow")
     tokenizer = load_tokenizer(tiny_model_dir)

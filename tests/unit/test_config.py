@@ -154,3 +154,19 @@ def test_a_sharded_engine_on_its_own_gpus_is_accepted():
                                            "cluster.enabled=true", "cluster.placement=split",
                                            "cluster.gpus_per_trainer_rank=1", "cluster.gpus_per_rollout_worker=2"])
     assert config.rollout.vllm_tensor_parallel_size == 2
+
+
+@pytest.mark.parametrize("overrides, transport", [
+    ([], "broadcast"),  # CPU actors
+    (["cluster.placement=split", "cluster.gpus_per_trainer_rank=1", "cluster.gpus_per_rollout_worker=1"], "broadcast"),
+    (["cluster.gpus_per_trainer_rank=0.5", "cluster.gpus_per_rollout_worker=0.5"], "object_store"),  # colocated GPUs
+    (["cluster.sync_transport=object_store"], "object_store"),
+])
+def test_the_auto_sync_transport_broadcasts_except_between_processes_sharing_a_gpu(overrides, transport):
+    assert load_config(RunConfig, None, ["cluster.enabled=true", *overrides]).cluster.transport() == transport
+
+
+def test_a_broadcast_between_processes_sharing_a_gpu_is_refused():
+    with pytest.raises(ConfigError, match="NCCL cannot broadcast between two processes on one GPU"):
+        load_config(RunConfig, None, ["cluster.enabled=true", "cluster.sync_transport=broadcast",
+                                      "cluster.gpus_per_trainer_rank=0.5", "cluster.gpus_per_rollout_worker=0.5"])

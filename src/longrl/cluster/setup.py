@@ -128,7 +128,7 @@ def setup_cluster(config, model_path: str, tokenizer, engine_factory: Callable |
             rewards = remote_rewards(reward_pool, config.reward)
         tolerance = sync_tolerance(config.rollout.sync_check_tolerance, config.model.dtype)
         sync = ClusterSync(trainer, pool, tokenizer, tolerance, c.sync_bucket_mb,
-                           faults=[reward_pool] if reward_pool else [], transport=c.sync_transport,
+                           faults=[reward_pool] if reward_pool else [], transport=c.transport(),
                            timeout_s=c.call_timeout_s or 3600.0)
     except BaseException:
         placement.close()

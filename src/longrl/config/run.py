@@ -416,11 +416,18 @@ class ClusterConfig:
                                                    "group: auto = nccl on GPUs, gloo on CPU.")
     cpu_offload: bool = opt(False, "FSDP2: keep parameters and optimizer state in CPU memory between uses.")
     sync_bucket_mb: int = opt(256, "Weight sync: tensors travel to the engines in buckets of about this size.")
-    sync_transport: Literal["object_store", "broadcast"] = opt(
-        "object_store", "Weight sync: `object_store` (trainer rank 0 puts the buckets into Ray's object store, "
-                        "every rollout worker fetches them) or `broadcast` (one torch.distributed broadcast per "
-                        "bucket from trainer rank 0 to every worker: gloo on CPU, NCCL between GPUs, which needs "
-                        "placement = split). docs/cluster.md compares them.")
+    sync_transport: Literal["auto", "object_store", "broadcast"] = opt(
+        "auto", "Weight sync: `object_store` (trainer rank 0 puts the buckets into Ray's object store, every "
+                "rollout worker fetches them) or `broadcast` (one torch.distributed broadcast per bucket from "
+                "trainer rank 0 to every worker: gloo on CPU, NCCL between GPUs, which needs placement = split). "
+                "`auto`: broadcast, except object_store for colocated actors on GPUs. docs/cluster.md compares them.")
+
+    def transport(self) -> str:
+        """`sync_transport` with `auto` resolved (the field's help)."""
+        if self.sync_transport != "auto":
+            return self.sync_transport
+        on_gpus = bool(self.gpus_per_trainer_rank or self.gpus_per_rollout_worker)
+        return "object_store" if on_gpus and self.placement == "colocated" else "broadcast"
     call_timeout_s: float = opt(
         3600.0, "A rollout or reward actor call still unanswered after this long counts as a hung actor: it "
                 "is killed, replaced and its work issued again (0 = wait forever). Must exceed the longest "

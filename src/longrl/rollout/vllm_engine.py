@@ -85,17 +85,23 @@ def _cpu_rank_cores(tensor_parallel_size: int):
     if tensor_parallel_size == 1 or torch.cuda.is_available() or "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
         yield
         return
+    import vllm.envs
+
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < tensor_parallel_size:
         bind = "nobind"
     else:
         size = len(cores) // tensor_parallel_size
         bind = "|".join(",".join(map(str, cores[r * size:(r + 1) * size])) for r in range(tensor_parallel_size))
+    # an engine started earlier in this process froze vLLM's reading of its variables; thaw it
+    # so this engine reads the binding, and again after, so the next engine does not inherit it
+    vllm.envs.disable_envs_cache()
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     try:
         yield
     finally:
         del os.environ["VLLM_CPU_OMP_THREADS_BIND"]
+        vllm.envs.disable_envs_cache()
 
 
 def _prepare_env(kv_cache_gib: float) -> None:
