@@ -3,6 +3,9 @@ trainer rank 0 and the rollout workers, beside the FSDP2 group of two trainer ra
 restart the workers that missed the broadcast and rebuild the channel."""
 
 import importlib.util
+import os
+import threading
+import time
 
 import pytest
 import torch
@@ -13,12 +16,17 @@ if importlib.util.find_spec("ray") is None:
 import ray  # noqa: E402
 
 from longrl.cluster import setup_cluster  # noqa: E402
+from longrl.cluster.setup import worker_seed  # noqa: E402
 from longrl.cluster.broadcast import layout_of, nbytes, pack, unpack  # noqa: E402
 from longrl.config import RunConfig, load_config  # noqa: E402
 from longrl.models import encode_prompt, load_tokenizer  # noqa: E402
+from longrl.rollout.engine import make_engine  # noqa: E402
 from longrl.rollout.sample import extend  # noqa: E402
 from longrl.types import Prompt, SamplingParams, Trajectory  # noqa: E402
 from longrl.weight_sync import WeightSyncError  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(__import__(__name__))  # the engine factory travels by value
+SLOW_S = 2.0
 
 
 def test_pack_and_unpack_keep_every_byte_of_mixed_dtypes():
@@ -31,8 +39,30 @@ def test_pack_and_unpack_keep_every_byte_of_mixed_dtypes():
         assert got_name == name and got.dtype == tensor.dtype and torch.equal(got, tensor)
 
 
+class _SlowLoads:
+    """An engine whose weight loads sleep while the file `slow` names its seed (so a kill lands
+    mid-broadcast; its replacement has another seed and loads at full speed)."""
+
+    def __init__(self, engine, slow: str, seed: int):
+        self.engine, self.slow, self.seed = engine, slow, seed
+
+    def load_weights(self, state):
+        if os.path.exists(self.slow) and open(self.slow).read() == str(self.seed):
+            time.sleep(SLOW_S)
+        return self.engine.load_weights(state)
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def _slow_engine(slow: str):
+    def factory(config, model, tokenizer, seed):
+        return _SlowLoads(make_engine(config, model, tokenizer, seed), slow, seed)
+    return factory
+
+
 @pytest.fixture(scope="module")
-def cluster(tiny_model_dir):
+def cluster(tiny_model_dir, tmp_path_factory):
     ray.init(num_cpus=4, include_dashboard=False)
     config = load_config(RunConfig, None, [f"model.path={tiny_model_dir}", "threads=1", "cluster.enabled=true",
                                            "cluster.trainer_ranks=2", "cluster.rollout_workers=2",
@@ -40,9 +70,10 @@ def cluster(tiny_model_dir):
                                            "cluster.call_timeout_s=120",
                                            "train.lr=1e-2", "train.mini_batch_size=8"])
     tokenizer = load_tokenizer(tiny_model_dir)
-    made = setup_cluster(config, str(tiny_model_dir), tokenizer)
+    slow = str(tmp_path_factory.mktemp("flags") / "slow")
+    made = setup_cluster(config, str(tiny_model_dir), tokenizer, engine_factory=_slow_engine(slow))
     made.sync.bucket_bytes = 64 << 10  # the tiny model (~0.4 MB) in several buckets
-    yield made, tokenizer
+    yield made, tokenizer, slow
     made.close()
     ray.shutdown()
 
@@ -60,7 +91,7 @@ def _train_once(made, tokenizer):
 
 
 def test_broadcast_brings_every_engine_to_the_trainers_weights(cluster):
-    made, tokenizer = cluster
+    made, tokenizer, _ = cluster
     _train_once(made, tokenizer)
     with pytest.raises(WeightSyncError):  # the engines still hold the old weights
         made.sync.check()
@@ -79,7 +110,7 @@ def test_broadcast_brings_every_engine_to_the_trainers_weights(cluster):
 
 
 def test_a_worker_dead_before_the_broadcast_is_replaced_and_the_channel_rebuilt(cluster):
-    made, tokenizer = cluster
+    made, tokenizer, _ = cluster
     _train_once(made, tokenizer)
     ray.kill(made.engine.workers[1])
     metrics = made.sync(3)
@@ -91,3 +122,26 @@ def test_a_worker_dead_before_the_broadcast_is_replaced_and_the_channel_rebuilt(
     metrics = made.sync(4)  # a new channel over the replacement actors
     assert made.sync.channel is not old and made.sync.channel[0] == tuple(made.engine.generations)
     assert metrics["cluster/broadcast_failures"] == 0.0 and metrics["sync/probe_max_diff"] <= 1e-5
+
+
+def test_a_worker_killed_mid_broadcast_stops_the_others_at_once_and_nothing_is_lost(cluster):
+    made, tokenizer, slow = cluster
+    _train_once(made, tokenizer)
+    made.sync(5)  # the channel is current
+    _train_once(made, tokenizer)
+    with open(slow, "w") as f:  # worker 1's loads now sleep SLOW_S: it dies while rank 0 is still sending
+        f.write(str(worker_seed(0, 1, made.engine.generations[1])))
+    killer = threading.Timer(SLOW_S / 2, ray.kill, [made.engine.workers[1]])
+    killer.start()
+    start = time.monotonic()
+    try:
+        metrics = made.sync(6)
+    finally:
+        killer.join()
+        os.remove(slow)
+    # rank 0's send to the dead worker fails and closes its end, so worker 0 fails too instead of
+    # waiting out the channel's 120 s timeout; both are replaced and restored with a check
+    assert metrics["cluster/broadcast_failures"] == 2.0 and metrics["cluster/rollout_restarts"] == 2.0
+    assert time.monotonic() - start < 60
+    assert metrics["sync/engines_checked"] == 2.0 and metrics["sync/probe_max_diff"] <= 1e-5
+    assert made.sync(7)["cluster/broadcast_failures"] == 0.0  # a new channel over the replacements
