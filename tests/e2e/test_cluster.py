@@ -125,3 +125,27 @@ def test_cluster_run_with_sharded_vllm_engines_learns(runs, warmed_up_model):
     for r in trained:
         assert r["sync/engines_checked"] == 2.0 and r["sync/probe_max_diff"] < 1e-3
         assert r["cluster/rollout_restarts"] == 0.0 and "cluster/broadcast_failures" not in r
+
+
+def test_a_lora_run_on_the_cluster_trains_the_adapters_and_writes_a_plain_model(runs, warmed_up_model):
+    """LoRA adapters on the FSDP2 ranks (as in one process, `test_lora.py`): the engines get the
+    merged weights, the check passes, and the final model is a plain one where only the adapted
+    projections moved."""
+    from safetensors.torch import load_file
+    import torch
+
+    lora = ["iterations=3", "model.lora_rank=4", "model.lora_target_modules=['q_proj','v_proj']", "train.lr=1e-2",
+            "world.tasks=['add']", "world.min_level=2", "world.max_level=2", "rollout.prompts_per_iter=4",
+            "rollout.samples_per_prompt=4", "rollout.max_new_tokens=16", "train.mini_batch_size=8",
+            "eval.every=0", "eval.num_prompts=4", "eval.n_samples=1", "eval.max_new_tokens=16",
+            "cluster.reward_workers=0"]
+    assert main(["train", f"out_dir={runs}", "name=lora", f"model.path={warmed_up_model}", "--no-progress",
+                 *lora, *CLUSTER]) == 0
+    rows = [r for r in _metrics(runs / "lora") if "reward/mean" in r]
+    assert len(rows) == 3 and all(r["sync/engines_checked"] == 2.0 and r["sync/probe_max_diff"] < 1e-3 for r in rows)
+    assert all(r["train/trainable_params"] < 20_000 for r in rows)  # the adapters of a ~0.5M-parameter model
+    final = load_file(runs / "lora" / "final" / "model.safetensors")
+    start = load_file(warmed_up_model / "model.safetensors")
+    assert set(final) == set(start)
+    moved = {k for k in start if not torch.equal(start[k], final[k])}
+    assert moved and all("q_proj.weight" in k or "v_proj.weight" in k for k in moved)

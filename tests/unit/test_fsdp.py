@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 from longrl.config import LossConfig, TinyModelConfig, TrainConfig
+from longrl.lora import apply_lora
 from longrl.tiny import build_char_tokenizer, build_tiny_model
 from longrl.packing import split_by_tokens
 from longrl.trainer import Trainer
@@ -57,9 +58,12 @@ def _weights(trajectories):
     return [[0.0 if k == 1 else 1.0 + 0.25 * k for k in range(t.num_response_tokens)] for t in trajectories]
 
 
-def _trainer(train: TrainConfig, distributed: bool, cpu_offload: bool = False) -> Trainer:
+def _trainer(train: TrainConfig, distributed: bool, cpu_offload: bool = False, lora: bool = False) -> Trainer:
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(TINY, tokenizer, seed=0)
+    if lora:
+        torch.manual_seed(1)  # the adapters' A matrices are drawn from the process's RNG
+        model = apply_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=["q_proj", "v_proj"])
     return Trainer(model, train, LOSS, pad_id=tokenizer.pad_token_id, distributed=distributed,
                    cpu_offload=cpu_offload)
 
@@ -98,6 +102,13 @@ def _metrics_run(distributed: bool, out_dir=None, train: TrainConfig = METRICS, 
     return result
 
 
+def _lora_run(distributed: bool) -> dict:
+    """E: two iterations of B's settings training LoRA adapters only; the merged weights."""
+    trainer = _trainer(METRICS, distributed, lora=True)
+    metrics = [trainer.train_iteration(_trajectories()) for _ in range(2)]
+    return {"metrics": metrics, "weights": trainer.full_state_dict()}
+
+
 def _state_run(distributed: bool, out_dir) -> dict:
     """One step, save, a second step, restore, the second step again."""
     trainer = _trainer(STATE, distributed)
@@ -123,7 +134,8 @@ def _rank_main(rank: int, store: str, out_dir) -> None:
     grads, grad_metrics = _gradients(distributed=True)
     result = {"grads": grads, "grad_metrics": grad_metrics, **_metrics_run(True, out_dir),
               "state": _state_run(True, out_dir),
-              "checkpointed": _metrics_run(True, train=CHECKPOINTED, cpu_offload=True)["metrics"]}
+              "checkpointed": _metrics_run(True, train=CHECKPOINTED, cpu_offload=True)["metrics"],
+              "lora": _lora_run(True)}
     torch.save(result, out_dir / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
@@ -249,3 +261,21 @@ def test_save_state_and_load_state_in_one_process(tmp_path):
     _assert_same_weights(state["restored"], state["one_step"], atol=0)
     _assert_same_weights(state["two_steps_again"], state["two_steps"], atol=0)
     assert math.isfinite(sum(v.sum().item() for v in state["two_steps"].values()))
+
+
+def test_lora_adapters_train_under_fsdp2_as_in_one_process(group_results):
+    ranks, _ = group_results
+    want = _lora_run(False)
+    for result in ranks:
+        for got, expected in zip(result["lora"]["metrics"], want["metrics"]):
+            assert got["train/trainable_params"] == expected["train/trainable_params"] < 10_000  # adapters only
+            for key, value in expected.items():
+                if not key.startswith("perf/"):
+                    assert got[key] == pytest.approx(value, abs=1e-5), key
+    assert ranks[1]["lora"]["weights"] == {}
+    got = ranks[0]["lora"]["weights"]  # merged into the plain model's names, as the engines take them
+    assert not any("lora_" in k or "base_layer" in k for k in got)
+    _assert_same_weights(got, want["weights"], atol=1e-6)
+    start = _trainer(METRICS, False).full_state_dict()
+    moved = {k for k in start if not torch.equal(start[k], got[k])}
+    assert moved and all("q_proj.weight" in k or "v_proj.weight" in k for k in moved)

@@ -78,5 +78,4 @@ def test_lora_run_end_to_end_writes_a_plain_model(tmp_path, tiny_model_dir):
 def test_lora_settings_are_checked():
     with pytest.raises(ConfigError, match="lora_rank"):
         ModelConfig(lora_rank=-1)
-    with pytest.raises(ConfigError, match="LoRA runs in one process"):
-        load_config(RunConfig, None, ["model.lora_rank=8", "cluster.enabled=true"])
+    assert load_config(RunConfig, None, ["model.lora_rank=8", "cluster.enabled=true"]).model.lora_rank == 8

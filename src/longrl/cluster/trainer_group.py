@@ -58,6 +58,7 @@ class TrainerRank:
     def setup(self, rank: int, world_size: int, init_method: str, model_path: str, config) -> None:
         from longrl.device import resolve_device
         from longrl.distributed import init_group
+        from longrl.lora import with_lora
         from longrl.models import load_policy
         from longrl.trainer import Trainer
 
@@ -67,8 +68,12 @@ class TrainerRank:
         self.rank = rank
         init_group(config.cluster.backend, rank, world_size, init_method)
         model, tokenizer = load_policy(model_path, config.model.dtype)
-        self.names = [name for name, _ in model.named_parameters()]  # tied weights once
+        # the engines' weights: the plain model's parameters (tied weights once), whatever the
+        # trainer holds (with LoRA, `full_state_dict` merges the adapters back into these names)
+        self.shapes = {name: (p.shape, p.dtype) for name, p in model.named_parameters()}
+        self.names = list(self.shapes)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        model = with_lora(model, config.model)  # as in one process; the FSDP2 units hold the adapters
         self.trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
                                temperature=config.rollout.temperature, seed=config.seed,
                                device=resolve_device(config.train.device), dtype=config.model.dtype,
@@ -100,10 +105,9 @@ class TrainerRank:
         self.channel = Channel(address, 0, size, timeout_s)
 
     def weight_layout(self, bucket_bytes: int) -> Layout:
-        """The buckets `send_weights` will broadcast, as names, shapes and dtypes, from the
-        parameters' global shapes (no gather)."""
-        params = dict(self.trainer.model.named_parameters())
-        meta = {name: torch.empty(params[name].shape, dtype=params[name].dtype, device="meta") for name in self.names}
+        """The buckets `send_weights` will broadcast, as names, shapes and dtypes (of the plain
+        model, read before sharding: no gather)."""
+        meta = {name: torch.empty(shape, dtype=dtype, device="meta") for name, (shape, dtype) in self.shapes.items()}
         return layout_of(buckets_of(meta, bucket_bytes))
 
     def send_weights(self, bucket_bytes: int, layout: Layout) -> None:

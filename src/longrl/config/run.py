@@ -488,9 +488,6 @@ class RunConfig:
 
             check_reward(self.eval.reward, self.reward.options.get(self.eval.reward, {}),
                          lambda key: f"eval.reward ({key})")
-        if self.model.lora_rank and self.cluster.enabled:
-            raise ConfigError("model.lora_rank with cluster.enabled: LoRA runs in one process for now "
-                              "(the FSDP2 trainer group trains all weights); set one of them off")
         tp, gpus = self.rollout.vllm_tensor_parallel_size, self.cluster.gpus_per_rollout_worker
         if self.cluster.enabled and tp > 1 and gpus and gpus != tp:
             raise ConfigError(f"cluster.gpus_per_rollout_worker is {gpus:g} with rollout.vllm_tensor_parallel_size "
