@@ -145,3 +145,22 @@ def test_a_worker_killed_mid_broadcast_stops_the_others_at_once_and_nothing_is_l
     assert time.monotonic() - start < 60
     assert metrics["sync/engines_checked"] == 2.0 and metrics["sync/probe_max_diff"] <= 1e-5
     assert made.sync(7)["cluster/broadcast_failures"] == 0.0  # a new channel over the replacements
+
+
+def test_a_worker_dead_when_the_channel_is_built_is_replaced_and_this_sync_takes_the_object_store(cluster):
+    made, tokenizer, _ = cluster
+    _train_once(made, tokenizer)
+    made.sync.join_timeout_s = 10.0  # the others wait this long for the dead member
+    made.sync.bucket_bytes = 128 << 10  # a new layout: the channel is built again at this sync
+    ray.kill(made.engine.workers[0])
+    try:
+        metrics = made.sync(8)
+    finally:
+        made.sync.bucket_bytes = 64 << 10
+    assert made.sync.channel is None and "perf/weight_gather_s" in metrics  # the object store carried it
+    assert metrics["cluster/broadcast_failures"] == 1.0 and metrics["cluster/rollout_restarts"] == 1.0
+    assert metrics["sync/engines_checked"] == 2.0 and metrics["sync/probe_max_diff"] <= 1e-5
+    _train_once(made, tokenizer)
+    metrics = made.sync(9)  # the next sync builds the channel over the replacement
+    assert made.sync.channel is not None and metrics["cluster/broadcast_failures"] == 0.0
+    assert metrics["sync/probe_max_diff"] <= 1e-5

@@ -15,7 +15,9 @@ rank 0 and the engines on different GPUs (`placement = "split"`, checked at load
 Faults (`ClusterSync` handles them): a member that fails mid-broadcast closes its end, so the
 others fail at once instead of waiting out the timeout; every worker that did not receive the
 whole broadcast is restarted and restored through the object store (its weights are checked),
-and the channel is built again, over the new actors, at the next sync.
+and the channel is built again, over the new actors, at the next sync. A worker found dead while
+the channel is built (the others give up after `sync.JOIN_TIMEOUT_S`) is replaced, and that sync
+goes through the object store.
 """
 
 from __future__ import annotations
@@ -78,10 +80,13 @@ def unpack(flat: torch.Tensor, spec: list[tuple[str, tuple[int, ...], torch.dtyp
 class Channel:
     """This process's end of the broadcast group (module docstring)."""
 
-    def __init__(self, address: str, member: int, size: int, timeout_s: float):
+    def __init__(self, address: str, member: int, size: int, join_timeout_s: float, timeout_s: float):
+        """Join (waiting up to `join_timeout_s` for the other members); each broadcast then waits
+        up to `timeout_s`."""
         host, port = address.rsplit(":", 1)
         timeout = datetime.timedelta(seconds=timeout_s)
-        self.store = dist.TCPStore(host, int(port), size, member == 0, timeout=timeout)
+        self.store = dist.TCPStore(host, int(port), size, member == 0,
+                                   timeout=datetime.timedelta(seconds=join_timeout_s))
         prefix = dist.PrefixStore("longrl-weights", self.store)
         if torch.cuda.is_available():
             self.device = torch.device("cuda", torch.cuda.current_device())

@@ -86,13 +86,14 @@ class RolloutWorker:
             self.engine.load_weights(ray.get(ref))
         return time.perf_counter() - start
 
-    def join_channel(self, address: str, member: int, size: int, timeout_s: float) -> None:
+    def join_channel(self, address: str, member: int, size: int, join_timeout_s: float, timeout_s: float) -> None:
         """Join the weight broadcast's group as `member` (cluster/broadcast.py)."""
         from longrl.cluster.broadcast import Channel
 
         if self.channel is not None:
             self.channel.close()
-        self.channel = Channel(address, member, size, timeout_s)
+            self.channel = None
+        self.channel = Channel(address, member, size, join_timeout_s, timeout_s)
 
     def receive_weights(self, layout) -> float:
         """Load the weights trainer rank 0 broadcasts, bucket by bucket; returns seconds. A failure

@@ -39,6 +39,7 @@ from longrl.cluster.trainer_group import TrainerGroup
 from longrl.weight_sync import check_engines, probe_sequence
 
 log = logging.getLogger(__name__)
+JOIN_TIMEOUT_S = 60.0  # members of a new broadcast channel wait this long for each other
 
 
 class ClusterSync:
@@ -50,7 +51,7 @@ class ClusterSync:
         self.bucket_bytes = max(1, bucket_mb) << 20
         self.transport, self.timeout_s = transport, timeout_s
         self.channel: tuple | None = None  # (worker generations, bucket bytes, layout) it was built for
-        self.broadcast_failures = 0
+        self.join_timeout_s = min(timeout_s, JOIN_TIMEOUT_S)
         self.probe_ids, self.prompt_len = probe_sequence(tokenizer, trainer.max_position_embeddings())
         self.faults = [pool, *faults]  # whose `take_fault_metrics` join the sync's metrics
         self.iteration = -1
@@ -59,14 +60,7 @@ class ClusterSync:
     def __call__(self, iteration: int) -> dict[str, float]:
         self.iteration = iteration
         start = time.perf_counter()
-        if self.transport == "broadcast":
-            metrics = self.broadcast()
-        else:
-            buckets = self.trainer.weight_buckets(self.bucket_bytes)
-            gathered = time.perf_counter()
-            slowest_load = self.pool.load_weights_refs(buckets)
-            del buckets  # the object store frees them once no worker holds them
-            metrics = {"perf/weight_gather_s": gathered - start, "perf/weight_load_s": slowest_load}
+        metrics = self.broadcast() if self.transport == "broadcast" else self.push_through_object_store()
         metrics["perf/weight_sync_s"] = time.perf_counter() - start
         if self.tolerance > 0:
             start = time.perf_counter()
@@ -76,21 +70,54 @@ class ClusterSync:
             metrics |= source.take_fault_metrics()
         return metrics
 
-    def build_channel(self) -> None:
-        """The broadcast group over trainer rank 0 and the current workers (cluster/broadcast.py)."""
+    def push_through_object_store(self) -> dict[str, float]:
+        """Step 1 through Ray's object store (module docstring)."""
+        start = time.perf_counter()
+        buckets = self.trainer.weight_buckets(self.bucket_bytes)
+        gathered = time.perf_counter()
+        slowest_load = self.pool.load_weights_refs(buckets)
+        del buckets  # the object store frees them once no worker holds them
+        return {"perf/weight_gather_s": gathered - start, "perf/weight_load_s": slowest_load}
+
+    def build_channel(self) -> list[int]:
+        """The broadcast group over trainer rank 0 and the current workers (cluster/broadcast.py).
+
+        Returns the workers that could not join (found dead: they are replaced, and the channel
+        is left unbuilt for this sync). The members wait `join_timeout_s` for each other.
+        """
+        self.channel = None
         size = 1 + self.pool.size
         address = ray.get(self.trainer.actors[0].address.remote())
-        ray.get([self.trainer.actors[0].join_channel.remote(address, size, self.timeout_s)]
-                + [w.join_channel.remote(address, i + 1, size, self.timeout_s) for i, w in enumerate(self.pool.workers)])
-        layout = self.trainer.weight_layout(self.bucket_bytes)
-        self.channel = (tuple(self.pool.generations), self.bucket_bytes, layout)
+        timeouts = (self.join_timeout_s, self.timeout_s)
+        joins = [self.trainer.actors[0].join_channel.remote(address, size, *timeouts)]
+        joins += [w.join_channel.remote(address, i + 1, size, *timeouts) for i, w in enumerate(self.pool.workers)]
+        dead, failed = [], False
+        for member, ref in enumerate(joins):
+            try:
+                ray.get(ref)
+            except RayActorError:
+                dead.append(member - 1)  # a worker (a dead trainer rank stops the run at its next call)
+            except RayTaskError as error:  # it gave up waiting for a member that is gone
+                log.warning("member %d of the weight broadcast could not join: %s", member, error)
+                failed = True
+        for i in dead:
+            self.pool.restart(i)  # restore(i): the object-store push and the check
+        if not (dead or failed):
+            self.channel = (tuple(self.pool.generations), self.bucket_bytes,
+                            self.trainer.weight_layout(self.bucket_bytes))
+        return dead
 
     def broadcast(self) -> dict[str, float]:
         """Step 1 by broadcast: every worker receives, then rank 0 sends; a worker that did not
-        receive all of it is restarted and restored through the object store."""
+        receive all of it is restarted and restored through the object store. When the channel
+        cannot be built, this sync goes through the object store (the next one tries again)."""
         start = time.perf_counter()
         if self.channel is None or self.channel[:2] != (tuple(self.pool.generations), self.bucket_bytes):
-            self.build_channel()
+            dead = self.build_channel()
+            if self.channel is None:
+                log.warning("the weight broadcast's channel could not be built; this sync goes through the "
+                            "object store")
+                return self.push_through_object_store() | {"cluster/broadcast_failures": float(len(dead))}
         layout = self.channel[2]
         built = time.perf_counter()
         receiving = [w.receive_weights.remote(layout) for w in self.pool.workers]
@@ -99,16 +126,16 @@ class ClusterSync:
         except RayTaskError as error:  # rank 0's broadcast failed (a dead rank raises TrainerRankError)
             log.warning("weight broadcast failed on trainer rank 0: %s", error)
         loads, failed = [], []
+        deadline = time.monotonic() + self.timeout_s
         for i, ref in enumerate(receiving):
             try:
-                loads.append(ray.get(ref, timeout=self.timeout_s))
+                loads.append(ray.get(ref, timeout=max(0.0, deadline - time.monotonic())))
             except (RayActorError, RayTaskError, GetTimeoutError) as error:
                 log.warning("rollout worker %d did not receive the weight broadcast (%s): it is replaced "
                             "and restored through the object store", i, type(error).__name__)
                 failed.append(i)
         for i in failed:
             self.pool.restart(i)  # restore(i): the object-store push and the check, for it alone
-        self.broadcast_failures += len(failed)
         return {"perf/weight_channel_s": built - start, "perf/weight_load_s": max(loads, default=0.0),
                 "cluster/broadcast_failures": float(len(failed))}
 

@@ -98,11 +98,12 @@ class TrainerRank:
         state = {name: full[name] for name in self.names}
         return [ray.put(bucket) for bucket in buckets_of(state, bucket_bytes)]
 
-    def join_channel(self, address: str, size: int, timeout_s: float) -> None:
+    def join_channel(self, address: str, size: int, join_timeout_s: float, timeout_s: float) -> None:
         """Rank 0: host the weight broadcast's group as its member 0 (cluster/broadcast.py)."""
         if self.channel is not None:
             self.channel.close()
-        self.channel = Channel(address, 0, size, timeout_s)
+            self.channel = None
+        self.channel = Channel(address, 0, size, join_timeout_s, timeout_s)
 
     def weight_layout(self, bucket_bytes: int) -> Layout:
         """The buckets `send_weights` will broadcast, as names, shapes and dtypes (of the plain
