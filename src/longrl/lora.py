@@ -12,9 +12,11 @@ the final model are those of an ordinary Hugging Face model, whatever the engine
 on tensors (a full state dict gathered from FSDP2 shards as well as a local one) and never
 changes W in place, so no rounding accumulates over iterations.
 
-Resume: a checkpoint holds the merged model; a resumed LoRA run starts fresh adapters on it (the
-same function, but not the same adapter values as the uninterrupted run: resume is exact for full
-fine-tuning only).
+Resume: a checkpoint's `final`-style directory holds the merged model, and its sharded state
+(`Trainer.save_state`) holds the adapters and the unmerged base weights. A resumed run loads the
+merged model, injects adapters, then loads that state over both, so it continues exactly where
+the uninterrupted run was (tested). With `train.optimizer_reset = "all"` no state is saved, and a
+resume starts fresh adapters on the merged model.
 """
 
 from __future__ import annotations

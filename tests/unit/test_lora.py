@@ -59,6 +59,27 @@ def test_lora_trains_only_the_adapters_and_the_sync_check_passes(tiny_model_dir)
     assert before > 1e-3 and metrics["sync/probe_max_diff"] < 1e-4
 
 
+def test_a_resumed_lora_run_ends_where_the_uninterrupted_one_does(tmp_path, tiny_model_dir):
+    """The checkpoint's sharded state holds the adapters and the unmerged base weights, so the
+    resume continues the same adapters, not fresh ones on the merged model."""
+    import shutil
+
+    args = [f"out_dir={tmp_path}", f"model.path={tiny_model_dir}", "--no-progress", "iterations=4",
+            "checkpoint_every=2", "checkpoint_keep=0", "model.lora_rank=4", "world.tasks=['add']",
+            "world.min_level=1", "world.max_level=1", "rollout.prompts_per_iter=4", "rollout.samples_per_prompt=2",
+            "rollout.max_new_tokens=8", "train.lr=1e-2", "train.mini_batch_size=4", "train.row_tokens=64",
+            "eval.every=0", "eval.num_prompts=2", "eval.n_samples=1", "eval.max_new_tokens=8"]
+    assert main(["train", "name=whole", *args]) == 0
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "4")
+    shutil.rmtree(tmp_path / "resumed" / "final")
+    assert main(["train", "--resume", str(tmp_path / "resumed"), "--no-progress"]) == 0
+    whole, resumed = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("whole", "resumed"))
+    start = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(start[k], whole[k]) for k in start)  # the run trained
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
 def test_lora_run_end_to_end_writes_a_plain_model(tmp_path, tiny_model_dir):
     args = ["train", f"out_dir={tmp_path}", "name=lora", f"model.path={tiny_model_dir}", "--no-progress",
             "iterations=2", "model.lora_rank=4", "world.tasks=['add']", "world.min_level=1", "world.max_level=1",
