@@ -23,8 +23,9 @@ from longrl.cluster import setup_cluster  # noqa: E402
 from longrl.config import RunConfig, TinyModelConfig, load_config  # noqa: E402
 from longrl.models import encode_prompt, load_tokenizer  # noqa: E402
 from longrl.tiny import save_tiny_model  # noqa: E402
-from longrl.types import GenerationRequest, Prompt, SamplingParams, Trajectory  # noqa: E402
+from longrl.types import GenerationRequest, SamplingParams  # noqa: E402
 from longrl.weight_sync import WeightSyncError  # noqa: E402
+from tests.unit.test_cluster_pool import _train_once  # noqa: E402  one training phase that moves the weights
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["whole", "sharded"])
@@ -48,21 +49,6 @@ def cluster(request, tmp_path_factory):
 
 def _requests(tokenizer, n):
     return [GenerationRequest(encode_prompt(tokenizer, f"what is {i}+{i}?")) for i in range(n)]
-
-
-def _train_once(made, tokenizer):
-    """Sample 8 answers to 2 prompts through the engines and take one training phase on them with
-    alternating rewards: the trainer's weights move away from the engines'."""
-    from longrl.rollout.sample import extend
-
-    trajectories = []
-    for i in range(2):
-        prompt = Prompt(id=f"p{i}", text=f"what is {i}+1?")
-        trajectories += [Trajectory(prompt, j, encode_prompt(tokenizer, prompt)) for j in range(4)]
-    extend(made.engine, tokenizer, [(t, None) for t in trajectories], SamplingParams(max_new_tokens=8), 0)
-    for j, t in enumerate(trajectories):
-        t.reward = float(j % 2)
-    return made.trainer.train_iteration(trajectories)
 
 
 def test_vllm_rollout_actors_generate_take_weights_and_pass_the_check(cluster):

@@ -19,11 +19,10 @@ from longrl.cluster import setup_cluster  # noqa: E402
 from longrl.cluster.setup import worker_seed  # noqa: E402
 from longrl.cluster.broadcast import layout_of, nbytes, pack, unpack  # noqa: E402
 from longrl.config import RunConfig, load_config  # noqa: E402
-from longrl.models import encode_prompt, load_tokenizer  # noqa: E402
+from longrl.models import load_tokenizer  # noqa: E402
 from longrl.rollout.engine import make_engine  # noqa: E402
-from longrl.rollout.sample import extend  # noqa: E402
-from longrl.types import Prompt, SamplingParams, Trajectory  # noqa: E402
 from longrl.weight_sync import WeightSyncError  # noqa: E402
+from tests.unit.test_cluster_pool import _train_once  # noqa: E402  one training phase that moves the weights
 
 ray.cloudpickle.register_pickle_by_value(__import__(__name__))  # the engine factory travels by value
 SLOW_S = 2.0
@@ -76,18 +75,6 @@ def cluster(tiny_model_dir, tmp_path_factory):
     yield made, tokenizer, slow
     made.close()
     ray.shutdown()
-
-
-def _train_once(made, tokenizer):
-    """One training phase on 8 sampled answers with alternating rewards: the weights move."""
-    trajectories = []
-    for i in range(2):
-        prompt = Prompt(id=f"p{i}", text=f"what is {i}+1?")
-        trajectories += [Trajectory(prompt, j, encode_prompt(tokenizer, prompt)) for j in range(4)]
-    extend(made.engine, tokenizer, [(t, None) for t in trajectories], SamplingParams(max_new_tokens=8), 0)
-    for j, t in enumerate(trajectories):
-        t.reward = float(j % 2)
-    made.trainer.train_iteration(trajectories)
 
 
 def test_broadcast_brings_every_engine_to_the_trainers_weights(cluster):

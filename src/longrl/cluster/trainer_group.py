@@ -71,7 +71,6 @@ class TrainerRank:
         # the engines' weights: the plain model's parameters (tied weights once), whatever the
         # trainer holds (with LoRA, `full_state_dict` merges the adapters back into these names)
         self.shapes = {name: (p.shape, p.dtype) for name, p in model.named_parameters()}
-        self.names = list(self.shapes)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         model = with_lora(model, config.model)  # as in one process; the FSDP2 units hold the adapters
         self.trainer = Trainer(model, config.train, config.loss, tokenizer.pad_token_id,
@@ -88,15 +87,19 @@ class TrainerRank:
     def current_logprobs(self, trajectories) -> list[torch.Tensor]:
         return self.trainer.current_logprobs(trajectories)
 
-    def weight_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef] | None:
-        """Rank 0: the full parameters put into the object store in buckets, under their
-        parameter names (tied weights once, as the one-process sync pushes them); other ranks
-        take part in the gather and return None."""
+    def engine_buckets(self, bucket_bytes: int) -> list[list[tuple[str, torch.Tensor]]] | None:
+        """Rank 0: the full parameters in buckets, under the plain model's parameter names (tied
+        weights once, as the one-process sync pushes them); other ranks take part in the gather
+        and return None."""
         full = self.trainer.full_state_dict()  # a collective: every rank; full tensors on rank 0
         if self.rank != 0:
             return None
-        state = {name: full[name] for name in self.names}
-        return [ray.put(bucket) for bucket in buckets_of(state, bucket_bytes)]
+        return buckets_of({name: full[name] for name in self.shapes}, bucket_bytes)
+
+    def weight_buckets(self, bucket_bytes: int) -> list[ray.ObjectRef] | None:
+        """Rank 0: `engine_buckets` put into the object store; other ranks return None."""
+        buckets = self.engine_buckets(bucket_bytes)
+        return None if buckets is None else [ray.put(bucket) for bucket in buckets]
 
     def join_channel(self, address: str, size: int, join_timeout_s: float, timeout_s: float) -> None:
         """Rank 0: host the weight broadcast's group as its member 0 (cluster/broadcast.py)."""
@@ -114,11 +117,11 @@ class TrainerRank:
     def send_weights(self, bucket_bytes: int, layout: Layout) -> None:
         """Every rank gathers the full parameters; rank 0 broadcasts them bucket by bucket to the
         rollout workers. A failure closes rank 0's end, so the workers stop waiting at once."""
-        full = self.trainer.full_state_dict()  # a collective: every rank
-        if self.rank != 0:
+        buckets = self.engine_buckets(bucket_bytes)
+        if buckets is None:
             return
         try:
-            self.channel.send(buckets_of({name: full[name] for name in self.names}, bucket_bytes), layout)
+            self.channel.send(buckets, layout)
         except BaseException:
             self.channel.close()
             self.channel = None
